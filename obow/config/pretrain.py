@@ -1,0 +1,213 @@
+"""Typed specification of an OBoW pretraining run.
+
+The three sections (`model`, `optim`, `data`) use the key names of the original OBoW YAML files, so those
+files validate as they are; everything this project adds (small-image stem, view sizes, runtime options)
+has defaults that reproduce the original behaviour. Every model forbids unknown keys: a typo in a config
+is an error naming the key, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BowLevel = Literal["block3", "block4"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FeatureExtractorOpts(StrictModel):
+    """Backbone options. `small_stem` and `width` exist for small images and CPU budgets."""
+
+    global_pooling: bool = True
+    small_stem: bool = Field(
+        False, description="3x3 stride-1 first conv and no max-pool (stride 8 to block4), for small images"
+    )
+    width: float = Field(1.0, gt=0, le=4, description="Channel multiplier of every stage (1.0 = torchvision)")
+
+
+class BowExtractorOpts(StrictModel):
+    inv_delta: float | list[float] = Field(10.0, description="Base inverse temperature of the soft assignment")
+    num_words: int | list[int] = Field(8192, description="Vocabulary size K per level")
+    bow_pool: Literal["max", "avg"] = "max"
+    update_type: Literal["local_average", "no_averaging", "global_average"] = "local_average"
+    min_distance_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the mean minimum distance")
+
+
+class BowPredictorOpts(StrictModel):
+    kappa: float | list[float] = Field(5.0, description="Fixed scale of the BoW logits")
+    learn_kappa: bool = False
+
+
+class ModelSpec(StrictModel):
+    alpha: float = Field(0.99, gt=0, le=1, description="Teacher EMA momentum (start value if cosine)")
+    alpha_cosine: bool = True
+    feature_extractor_arch: Literal["resnet18", "resnet50"] = "resnet18"
+    feature_extractor_opts: FeatureExtractorOpts = FeatureExtractorOpts()
+    bow_levels: list[BowLevel] = Field(default_factory=lambda: ["block4"], min_length=1)
+    bow_extractor_opts: BowExtractorOpts = BowExtractorOpts()
+    bow_predictor_opts: BowPredictorOpts = BowPredictorOpts()
+    num_classes: int | None = Field(
+        1000, ge=1, description="Classes of the detached monitoring linear head (None: no monitor head)"
+    )
+
+    @field_validator("bow_levels")
+    @classmethod
+    def _ordered_unique(cls, levels: list[str]) -> list[str]:
+        if len(set(levels)) != len(levels):
+            raise ValueError("bow_levels must not repeat a level")
+        return sorted(levels)
+
+    @model_validator(mode="after")
+    def _per_level_lists(self) -> ModelSpec:
+        n = len(self.bow_levels)
+        for owner, key in (
+            (self.bow_extractor_opts, "inv_delta"),
+            (self.bow_extractor_opts, "num_words"),
+            (self.bow_predictor_opts, "kappa"),
+        ):
+            value = getattr(owner, key)
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"{key} has {len(value)} values but there are {n} bow_levels")
+        return self
+
+    def per_level(self, key: str) -> list:
+        """`inv_delta`, `num_words` or `kappa` as one value per BoW level."""
+        owner = self.bow_predictor_opts if key == "kappa" else self.bow_extractor_opts
+        value = getattr(owner, key)
+        return list(value) if isinstance(value, list) else [value] * len(self.bow_levels)
+
+
+class OptimSpec(StrictModel):
+    optim_type: Literal["sgd"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+    num_epochs: int = Field(80, ge=1)
+    lr: float = Field(0.05, gt=0)
+    end_lr: float = Field(0.0, ge=0)
+    lr_schedule_type: Literal["cos", "cos_warmup", "step_lr"] = "cos"
+    warmup_epochs: int = Field(0, ge=0)
+    lr_schedule: list[int] = Field(default_factory=list, description="Milestone epochs of step_lr")
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    permanent: int | None = Field(None, ge=1, description="Keep every N-th epoch checkpoint")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> OptimSpec:
+        if self.lr_schedule_type == "cos_warmup" and self.warmup_epochs >= self.num_epochs:
+            raise ValueError("warmup_epochs must be smaller than num_epochs")
+        return self
+
+
+DatasetName = Literal["ImageNet", "ImageFolder", "FashionMNIST", "MNIST", "FoolboxImageNet", "Synthetic"]
+
+
+class DataSpec(StrictModel):
+    """Data and multi-crop settings; sizes default to the ImageNet ones of the paper."""
+
+    dataset_name: DatasetName = "ImageNet"
+    batch_size: int = Field(256, ge=1, description="Total batch size over all processes")
+    epoch_size: int | None = Field(None, ge=1, description="Resample the training set to this length")
+    subset: int | None = Field(None, description="Keep the first N images of each class (-1/None: all)")
+    # teacher view
+    teacher_resize: int = Field(256, ge=8)
+    teacher_size: int = Field(224, ge=8)
+    # random resized crops
+    cjitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1], min_length=4, max_length=4)
+    cjitter_p: float = Field(0.8, ge=0, le=1)
+    gray_p: float = Field(0.2, ge=0, le=1)
+    gaussian_blur: list[float] | None = Field(default_factory=lambda: [0.1, 2.0])
+    gaussian_blur_p: float = Field(0.5, ge=0, le=1)
+    num_img_crops: int = Field(2, ge=0)
+    image_crop_size: int = Field(160, ge=8)
+    image_crop_range: list[float] = Field(default_factory=lambda: [0.08, 0.6], min_length=2, max_length=2)
+    # grid patches
+    num_img_patches: int = Field(0, ge=0, le=9)
+    img_patch_preresize: int = Field(256, ge=8)
+    img_patch_preresize_range: list[float] = Field(
+        default_factory=lambda: [0.6, 1.0], min_length=2, max_length=2
+    )
+    img_patch_size: int = Field(96, ge=4)
+    img_patch_jitter: int = Field(24, ge=0)
+    only_patches: bool = False
+    # normalisation
+    mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN), min_length=3, max_length=3)
+    std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD), min_length=3, max_length=3)
+    # held-out split used by the monitor head / kNN monitor
+    val_split: Literal["val", "test", "none"] = "val"
+
+    @field_validator("subset")
+    @classmethod
+    def _subset_all(cls, value: int | None) -> int | None:
+        return None if value is None or value < 0 else value
+
+    @model_validator(mode="after")
+    def _geometry(self) -> DataSpec:
+        if self.teacher_size > self.teacher_resize:
+            raise ValueError("teacher_size must not exceed teacher_resize")
+        if self.num_img_patches:
+            room = self.img_patch_preresize - self.img_patch_size - self.img_patch_jitter
+            if room < 0:
+                raise ValueError("img_patch_preresize must be at least img_patch_size + img_patch_jitter")
+        if self.num_img_crops == 0 and self.num_img_patches == 0:
+            raise ValueError("at least one of num_img_crops and num_img_patches must be > 0")
+        lo, hi = self.image_crop_range
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("image_crop_range must satisfy 0 < min <= max <= 1")
+        return self
+
+
+class RuntimeSpec(StrictModel):
+    """How to run, not what to learn: nothing here changes the method."""
+
+    seed: int | None = 0
+    workers: int = Field(2, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    print_freq: int = Field(50, ge=1)
+    save_every_iters: int | None = Field(
+        None, ge=1, description="Also checkpoint inside an epoch every N iterations (resume granularity)"
+    )
+    max_iters_per_epoch: int | None = Field(None, ge=1, description="Cap on iterations per epoch (smoke runs)")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop cleanly after this many seconds")
+    knn_monitor_every: int | None = Field(None, ge=1, description="kNN accuracy on held-out data every N epochs")
+    knn_monitor_train_size: int = Field(5000, ge=10)
+    knn_monitor_test_size: int = Field(2000, ge=10)
+
+
+class PretrainSpec(StrictModel):
+    kind: Literal["pretrain"] = "pretrain"
+    name: str = Field("custom", pattern=r"^[A-Za-z0-9_.\-/]+$", max_length=200)
+    model: ModelSpec = ModelSpec()
+    optim: OptimSpec = OptimSpec()
+    data: DataSpec = DataSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _no_traversal(cls, value: str) -> str:
+        if any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError("name parts must be non-empty and not '.' or '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _vocabulary_fits_batch(self) -> PretrainSpec:
+        for k in self.model.per_level("num_words"):
+            if k % self.data.batch_size != 0:
+                raise ValueError(
+                    f"num_words ({k}) must be a multiple of the total batch size ({self.data.batch_size}): "
+                    f"the queue is refreshed by whole batches; pick e.g. num_words="
+                    f"{max(1, k // self.data.batch_size) * self.data.batch_size}"
+                )
+        return self
+
+    def bow_channels(self, backbone_channels: dict[str, int]) -> list[int]:
+        return [backbone_channels[level] for level in self.model.bow_levels]

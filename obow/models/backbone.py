@@ -1,0 +1,98 @@
+"""ResNet backbone returning named intermediate features.
+
+Parameter names are exactly torchvision's (`conv1`, `bn1`, `layer1..4`), so a backbone of width 1.0
+loads into `torchvision.models.resnet{18,50}` with `strict=True` once `fc` is added. Feature taps are
+named as in OBoW: `block1`..`block4` (stage outputs) and `pooled` (global average of block4, [N, C]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+TAPS = ("block1", "block2", "block3", "block4", "pooled")
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, arch: str = "resnet18", small_stem: bool = False, width: float = 1.0) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch '{arch}', expected one of {sorted(ARCHS)}")
+        block, depths = ARCHS[arch]
+        self.arch, self.small_stem, self.width = arch, small_stem, width
+        planes = [max(1, round(64 * width * 2**i)) for i in range(4)]
+        self.inplanes = planes[0]
+        if small_stem:
+            self.conv1 = nn.Conv2d(3, planes[0], kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool: nn.Module = (
+            nn.Identity() if small_stem else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        )
+        self.layer1 = self._make_layer(block, planes[0], depths[0], stride=1)
+        self.layer2 = self._make_layer(block, planes[1], depths[1], stride=2)
+        self.layer3 = self._make_layer(block, planes[2], depths[2], stride=2)
+        self.layer4 = self._make_layer(block, planes[3], depths[3], stride=2)
+        expansion = block.expansion
+        self.channels = {f"block{i + 1}": planes[i] * expansion for i in range(4)}
+        self.channels["pooled"] = self.channels["block4"]
+        self.out_dim = self.channels["block4"]
+        self._init_weights()
+
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self) -> None:
+        # torchvision's default initialisation (zero_init_residual=False), which OBoW trains from.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    @property
+    def stride(self) -> dict[str, int]:
+        base = 1 if self.small_stem else 4
+        return {"block1": base, "block2": base * 2, "block3": base * 4, "block4": base * 8}
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] = ("pooled",)) -> dict[str, torch.Tensor]:
+        """Run up to the deepest requested tap and return the requested features by name."""
+        unknown = set(taps) - set(TAPS)
+        if unknown:
+            raise ValueError(f"unknown feature taps {sorted(unknown)}; available: {TAPS}")
+        deepest = max(TAPS.index(t) for t in taps)
+        out: dict[str, torch.Tensor] = {}
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = layer(x)
+            name = f"block{i + 1}"
+            if name in taps:
+                out[name] = x
+            if i >= deepest:
+                return out
+        if "pooled" in taps:
+            out["pooled"] = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return out
+
+
+def build_backbone(arch: str, small_stem: bool = False, width: float = 1.0) -> ResNetBackbone:
+    return ResNetBackbone(arch=arch, small_stem=small_stem, width=width)
