@@ -112,7 +112,7 @@ class OBoW(nn.Module):
         vocabularies = self.bow_extractor.vocabularies()  # the words as they are before this step
         logits_per_type: list[list[torch.Tensor]] = []
         for group in crop_groups:
-            b, n = group.shape[:2]
+            _b, n = group.shape[:2]
             pooled = self.student(group.flatten(0, 1), taps=("pooled",))["pooled"]
             logits_per_type.append(self.bow_predictor(pooled, vocabularies))
 
