@@ -45,7 +45,10 @@ class VocabularyLevel(nn.Module):
         Order matters and follows the method: the temperature statistic is updated before the codes
         are computed, and the queue is written after the distances (to the pre-update words).
         """
-        features = bow_ops.border_crop(features.float())
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self._extract(bow_ops.border_crop(features.float()), update)
+
+    def _extract(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         distances = bow_ops.squared_distances(features, self._embedding)
         stats: dict[str, float] = {}
         if update:
