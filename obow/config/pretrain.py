@@ -187,6 +187,10 @@ class RuntimeSpec(StrictModel):
     max_iters_per_epoch: int | None = Field(None, ge=1, description="Cap on iterations per epoch (smoke runs)")
     time_budget_s: float | None = Field(None, gt=0, description="Stop cleanly after this many seconds")
     knn_monitor_every: int | None = Field(None, ge=1, description="kNN accuracy on held-out data every N epochs")
+    health_window: int = Field(50, ge=1, description="Steps over which vocabulary usage is summarised")
+    collapse_threshold: float = Field(
+        0.05, ge=0, le=1, description="Warn when fewer than this share of the words is used in a window"
+    )
     knn_monitor_train_size: int = Field(5000, ge=10)
     knn_monitor_test_size: int = Field(2000, ge=10)
 

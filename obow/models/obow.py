@@ -67,6 +67,7 @@ class OBoW(nn.Module):
                 for dim, k, d in zip(word_dims, num_words, inv_delta, strict=True)
             ]
         )
+        self.last_usage_counts: list[torch.Tensor] = []  # per level, this step's nearest-word counts
         self.linear_classifier = (
             MonitorHead(word_dims[-1], num_classes) if num_classes else None
         )
@@ -123,6 +124,7 @@ class OBoW(nn.Module):
                 [teacher_maps[level] for level in self.bow_levels], update=True
             )
 
+        self.last_usage_counts = [stats.pop("usage_counts") for stats in level_stats]
         values: dict[str, float] = {"alpha": alpha}
         total = teacher_img.new_zeros(())
         for group, level_logits in zip(crop_groups, logits_per_type, strict=True):
@@ -140,8 +142,8 @@ class OBoW(nn.Module):
             perp_b, perp_i = bow_ops.bow_perplexity(target)
             values[f"perp_b_lev@{i}"] = float(perp_b)
             values[f"perp_i_lev@{i}"] = float(perp_i)
-            if "min_distance" in stats:
-                values[f"min_distance_lev@{i}"] = stats["min_distance"]
+            values[f"min_distance_lev@{i}"] = stats["min_distance"]
+            values[f"temperature_mu_lev@{i}"] = float(self.bow_extractor.levels[i]._min_distance_mean)
 
         if self.linear_classifier is not None and labels is not None:
             scores = self.linear_classifier(teacher_maps[self.bow_levels[-1]].detach())

@@ -39,7 +39,7 @@ class VocabularyLevel(nn.Module):
         return self._embedding
 
     @torch.no_grad()
-    def forward(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def forward(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """BoW targets [B, K] and codes [B, K, h, w] of a teacher map; in training also refresh the queue.
 
         Order matters and follows the method: the temperature statistic is updated before the codes
@@ -48,7 +48,7 @@ class VocabularyLevel(nn.Module):
         with torch.autocast(device_type=features.device.type, enabled=False):
             return self._extract(bow_ops.border_crop(features.float()), update)
 
-    def _extract(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def _extract(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
         distances = bow_ops.squared_distances(features, self._embedding)
         stats: dict[str, float] = {}
         if update:
@@ -59,6 +59,8 @@ class VocabularyLevel(nn.Module):
             )
             self._track_num_batches += 1
             stats["min_distance"] = float(batch_min)
+            usage = torch.bincount(distances.argmin(dim=1).flatten(), minlength=self.num_words)
+            stats["usage_counts"] = dist_utils.all_reduce_sum(usage)
             candidates = bow_ops.vocabulary_candidates(features, self.update_type)
             bow_ops.queue_insert(self._embedding, self._embedding_ptr, dist_utils.gather_concat(candidates))
         if self.inv_delta is None:
@@ -79,7 +81,7 @@ class BoWExtractor(nn.Module):
 
     def forward(
         self, feature_maps: list[torch.Tensor], update: bool
-    ) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
+    ) -> tuple[list[torch.Tensor], list[dict]]:
         bows, stats = [], []
         for level, fmap in zip(self.levels, feature_maps, strict=True):
             bow, _, level_stats = level(fmap, update)

@@ -33,6 +33,14 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / world_size()
 
 
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value
+
+
 def gather_concat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a tensor from every rank along dim 0, in rank order (no gradient)."""
     if not is_distributed():

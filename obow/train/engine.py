@@ -22,6 +22,7 @@ from torch import nn
 
 from obow.config.pretrain import PretrainSpec
 from obow.errors import CheckpointError, ConfigError, StopRequested
+from obow.models.health import UsageWindow, mean_queue_age
 from obow.models.obow import OBoW, build_obow
 from obow.reporting import NullReporter, Reporter
 from obow.train import distributed as dist_utils
@@ -37,6 +38,22 @@ from obow.train.checkpoint import (
 )
 from obow.train.data import PretrainData, build_pretrain_data
 from obow.train.schedules import learning_rate
+
+
+class MeanMeter:
+    """Per-key running means; a key absent from some steps is averaged over the steps that had it."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: total / self.counts[key] for key, total in self.sums.items()}
 
 
 @dataclass
@@ -97,8 +114,12 @@ class Trainer:
             if self.device.type == "cuda":
                 self.model.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.student)
                 self.model.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.teacher)
+            # Buffers are not re-broadcast: the vocabulary stays identical across ranks because every rank
+            # inserts the same gathered features, which `check_ranks_agree` verifies.
             self.network = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
             )
         if spec.runtime.compile:
             self.model.student.compile()
@@ -108,6 +129,9 @@ class Trainer:
             nesterov=o.nesterov,
         )
         self.state = TrainState()
+        self.health = UsageWindow(
+            spec.model.per_level("num_words"), spec.runtime.health_window, spec.runtime.collapse_threshold
+        )
 
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, path: Path) -> None:
@@ -201,10 +225,8 @@ class Trainer:
         self.network.train()
         while st.epoch < spec.optim.num_epochs:
             epoch = st.epoch
-            sums: dict[str, float] = defaultdict(float)
-            count, window_start, window_images = 0, time.perf_counter(), 0
-            epoch_sums: dict[str, float] = defaultdict(float)
-            epoch_count = 0
+            window, epoch_meter = MeanMeter(), MeanMeter()
+            window_start, window_images = time.perf_counter(), 0
             loader = self.data.loader(epoch, start_iteration=st.iteration_in_epoch)
             for batch in loader:
                 if self._stop_requested(deadline):
@@ -226,15 +248,13 @@ class Trainer:
                 st.iteration_in_epoch += 1
                 st.global_iteration += 1
                 values["lr"] = lr
-                for key, value in values.items():
-                    sums[key] += value
-                    epoch_sums[key] += value
-                count += 1
-                epoch_count += 1
+                window.add(values)
+                epoch_meter.add(values)
+                self._report_health()
                 window_images += teacher.shape[0] * self.world
                 if st.global_iteration % spec.runtime.print_freq == 0 or st.iteration_in_epoch == self.iters_per_epoch:
                     elapsed = time.perf_counter() - window_start
-                    last_values = {k: v / count for k, v in sums.items()}
+                    last_values = window.means()
                     last_values["img_per_s"] = window_images / max(elapsed, 1e-9)
                     last_values["epoch"] = epoch + st.iteration_in_epoch / self.iters_per_epoch
                     if self.rank == 0:
@@ -247,20 +267,36 @@ class Trainer:
                             f"epoch {epoch + 1}/{spec.optim.num_epochs} it {st.iteration_in_epoch}/"
                             f"{self.iters_per_epoch}: {shown}, lr={lr:.4g}, {last_values['img_per_s']:.1f} img/s"
                         )
-                    sums.clear()
-                    count, window_start, window_images = 0, time.perf_counter(), 0
+                    window = MeanMeter()
+                    window_start, window_images = time.perf_counter(), 0
                 every = spec.runtime.save_every_iters
                 if every and st.global_iteration % every == 0 and st.iteration_in_epoch < self.iters_per_epoch:
                     self.save()
             st.epoch += 1
             st.iteration_in_epoch = 0
-            summary = {f"epoch/{k}": v / max(epoch_count, 1) for k, v in epoch_sums.items() if k != "lr"}
+            summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
             summary.update(self.epoch_end_monitors(st.epoch))
             if self.rank == 0:
                 rep.metrics(st.global_iteration, summary)
                 rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
             self.save()
         return {"epochs": st.epoch, "iterations": st.global_iteration, "last_metrics": last_values}
+
+    def _report_health(self) -> None:
+        summary = self.health.add(self.model.last_usage_counts)
+        if summary is None or self.rank != 0:
+            return
+        for i, level in enumerate(self.model.bow_extractor.levels):
+            steps = int(level._track_num_batches.item())
+            summary[f"queue_age_lev@{i}"] = mean_queue_age(level.num_words, self.spec.data.batch_size, steps)
+            if summary[f"collapse_lev@{i}"]:
+                self.reporter.log(
+                    f"vocabulary collapse warning: level {self.model.bow_levels[i]} used only "
+                    f"{100 * summary[f'words_used_lev@{i}']:.1f}% of its {level.num_words} words over the last "
+                    f"{self.health.window} steps",
+                    "warning",
+                )
+        self.reporter.metrics(self.state.global_iteration, summary)
 
     def epoch_end_monitors(self, completed_epochs: int) -> dict[str, float]:
         every = self.spec.runtime.knn_monitor_every
@@ -269,6 +305,20 @@ class Trainer:
         from obow.train.monitor import knn_monitor
 
         return knn_monitor(self.model.student, self.spec, self.device)
+
+
+def check_ranks_agree(model: OBoW, reporter: Reporter, when: str) -> None:
+    """All ranks must hold the same parameters, vocabularies and schedule buffers; fail loudly if not."""
+    tensors = [p.detach() for p in model.trainable_parameters()] + [
+        b for name, b in model.named_buffers() if name.startswith("bow_extractor.") or name in ("_alpha", "_iteration")
+    ]
+    local = torch.stack([t.double().sum() for t in tensors] + [t.double().abs().sum() for t in tensors])
+    gathered = dist_utils.gather_concat(local.unsqueeze(0))
+    worst = float((gathered - gathered[0:1]).abs().max())
+    scale = float(gathered.abs().max().clamp_min(1.0))
+    if worst > 1e-6 * scale:
+        raise RuntimeError(f"ranks disagree at the {when} of training (max difference {worst:.3g})")
+    reporter.log(f"cross-rank check at the {when} of training: {gathered.shape[0]} ranks agree")
 
 
 def _train_process(
@@ -287,7 +337,11 @@ def _train_process(
                     f"resumed from '{latest.name}' (epoch {trainer.state.epoch}, iteration "
                     f"{trainer.state.global_iteration})"
                 )
+        if world > 1:
+            check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "start")
         result = trainer.fit()
+        if world > 1:
+            check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "end")
         dist_utils.barrier()
         return result
     finally:
