@@ -15,7 +15,9 @@ def test_grid_patches_without_jitter_are_exact_slices():
     torch.manual_seed(0)
     patches = grid_patches(image, patch_size=16, jitter=0, keep=9)
     offset = (40 - 16 - 0) // 2  # 12
-    expected = {(i, j): image[:, i * offset : i * offset + 16, j * offset : j * offset + 16] for i in range(3) for j in range(3)}
+    expected = {
+        (i, j): image[:, i * offset : i * offset + 16, j * offset : j * offset + 16] for i in range(3) for j in range(3)
+    }
     assert patches.shape == (9, 3, 16, 16)
     for patch in patches:
         assert any(torch.equal(patch, e) for e in expected.values())
@@ -39,7 +41,7 @@ def test_grid_patches_with_jitter_stay_in_their_cells():
 def test_views_have_the_configured_shapes():
     spec = load_pretrain_config("FashionMNIST/ResNet18s_OBoW_full_cpu")
     source = open_dataset("FashionMNIST", None, "test", subset=2)
-    teacher, groups, label = MultiCropDataset(source, spec.data)[0]
+    teacher, groups, _ = MultiCropDataset(source, spec.data)[0]
     assert teacher.shape == (3, 40, 40)
     assert [g.shape for g in groups] == [(2, 3, 32, 32), (5, 3, 16, 16)]
     imagenet = DataSpec(num_img_patches=5)
