@@ -18,6 +18,7 @@ from obow.reporting import Reporter
 # kind -> ("module:SpecClass", "module:entry_point")
 RUN_KINDS: dict[str, tuple[str, str]] = {
     "pretrain": ("obow.config.pretrain:PretrainSpec", "obow.train.engine:run_pretrain"),
+    "words": ("obow.config.words:WordsSpec", "obow.analysis.run_words:run_words"),
 }
 
 
