@@ -27,14 +27,15 @@ def infer_backbone(state: dict[str, torch.Tensor]) -> tuple[str, bool, float]:
             if 1 <= stage <= 4:
                 depths[stage - 1] = max(depths[stage - 1], index + 1)
     bottleneck = "layer1.0.conv3.weight" in state
-    for arch, (block, expected) in ARCHS.items():
-        if expected == depths and (block.expansion == 4) == bottleneck:
-            break
-    else:
+    matches = [
+        name for name, (block, expected) in ARCHS.items() if expected == depths and (block.expansion == 4) == bottleneck
+    ]
+    if not matches:
         raise CheckpointError(
             f"wrong architecture: stage depths {depths} ({'bottleneck' if bottleneck else 'basic'} blocks) match "
             f"neither resnet18 [2, 2, 2, 2] nor resnet50 [3, 4, 6, 3]"
         )
+    arch = matches[0]
     stem = state["conv1.weight"]
     small_stem = stem.shape[-1] == 3
     width = stem.shape[0] / 64

@@ -45,5 +45,7 @@ def r18_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def r50_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("r50") / "checkpoint_0003.pt"
-    model = write_training_checkpoint(path, "ImageNetFull/ResNet50_OBoW_full", ["model.bow_extractor_opts.num_words=256"])
+    model = write_training_checkpoint(
+        path, "ImageNetFull/ResNet50_OBoW_full", ["model.bow_extractor_opts.num_words=256"]
+    )
     return path, model

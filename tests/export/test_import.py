@@ -106,7 +106,7 @@ def test_bad_imports_leave_nothing_behind(r18_checkpoint, tmp_path):
 
     foreign = tmp_path / "foreign.pth"
     torch.save({"encoder.weight": torch.zeros(3), "head.bias": torch.zeros(1)}, foreign)
-    with pytest.raises(CheckpointError, match="unknown checkpoint layout.*encoder.weight"):
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint layout.*encoder\.weight"):
         run_import(ImportSpec(path=str(foreign)), out, RecordingReporter())
 
     partial = official_model_state(model)
