@@ -9,6 +9,8 @@ import click
 from obow.config.export import ExportSpec, ImportSpec
 from obow.errors import ConfigError
 
+_FILE_SUFFIXES = (".pkl", ".tar", ".pth", ".safetensors", ".pt", ".bin")
+
 
 def _validated(cls, **fields):
     from pydantic import ValidationError
@@ -21,31 +23,62 @@ def _validated(cls, **fields):
         raise ConfigError(format_validation_error(err)) from None
 
 
+def _checkpoint_of_config(config: str, dst_dir: str) -> Path:
+    """The newest checkpoint of `obow pretrain --config CONFIG --dst-dir DST_DIR` (the original's
+    `--convert-to-torchvision` usage)."""
+    from obow.config import load_pretrain_config
+    from obow.train.checkpoint import latest_checkpoint
+
+    exp_dir = Path(dst_dir) / load_pretrain_config(config).name
+    latest = latest_checkpoint(exp_dir)
+    if latest is None:
+        raise ConfigError(f"no checkpoint_*.pt in '{exp_dir}'; train it first or pass --checkpoint FILE")
+    return latest
+
+
 @click.command("convert")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="OBoW Lab checkpoint, or an official OBoW / torchvision file.")
+@click.option("--config", default=None,
+              help="Instead of --checkpoint: the newest checkpoint of this run (preset name or YAML) in --dst-dir.")
+@click.option("--dst-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
+              help="With --config: the pretraining output root (the run is DST_DIR/<config name>/).")
 @click.option("--format", "fmt", type=click.Choice(["torchvision", "caffe2", "detectron2", "safetensors"]),
               default="torchvision", show_default=True)
 @click.option("--no-fc", is_flag=True, help="torchvision: leave out the BoW classifier fc.")
 @click.option("--plain", is_flag=True, help="torchvision: a plain state dict, not {'network': ...}.")
 @click.option("--rgb2bgr", is_flag=True, help="caffe2: flip conv1's input channels for BGR readers.")
-@click.option("--dst", default=None, help="Output folder, or a file name ending in the format's suffix.")
-def convert_command(checkpoint: str, fmt: str, no_fc: bool, plain: bool, rgb2bgr: bool, dst: str | None) -> None:
+@click.option("--dst", default=None,
+              help="Output folder, or a file name ending in .pkl/.pth/.tar/.pt/.safetensors (default: beside the "
+                   "checkpoint).")
+def convert_command(checkpoint: str | None, config: str | None, dst_dir: str, fmt: str, no_fc: bool, plain: bool,
+                    rgb2bgr: bool, dst: str | None) -> None:
     """Export the student for torchvision, Detectron(2) / the fair SSL benchmark (Caffe2), or safetensors."""
     from obow.export.run import run_export
     from obow.reporting import ConsoleReporter
 
-    out_dir, name = Path(checkpoint).parent, None
+    if (checkpoint is None) == (config is None):
+        raise ConfigError("give exactly one of --checkpoint FILE and --config NAME (with --dst-dir)")
+    source = Path(checkpoint) if checkpoint is not None else _checkpoint_of_config(str(config), dst_dir)
+    if plain and fmt != "torchvision":
+        raise ConfigError("--plain applies to --format torchvision only")
+    if rgb2bgr and fmt != "caffe2":
+        raise ConfigError("--rgb2bgr applies to --format caffe2 only")
+    out_dir, name = source.parent, None
     if dst is not None:
         target = Path(dst)
-        if target.suffix in (".pkl", ".tar", ".pth", ".safetensors", ".pt"):
+        if target.suffix in _FILE_SUFFIXES:
             out_dir, name = target.parent, target.name
         else:
             out_dir = target
-    spec = _validated(ExportSpec, checkpoint=checkpoint, format=fmt, no_fc=no_fc, plain=plain, rgb2bgr=rgb2bgr,
+    spec = _validated(ExportSpec, checkpoint=str(source), format=fmt, no_fc=no_fc, plain=plain, rgb2bgr=rgb2bgr,
                       output_name=name)
+    click.echo(f"converting '{source}' to {fmt}")
     record = run_export(spec, out_dir, ConsoleReporter(show_progress=False))
     click.echo(f"{out_dir / record['file']}  sha256={record['sha256']}  ({record['size']} bytes)")
+    for extra in record["extra_files"]:
+        click.echo(f"{out_dir / extra}")
+    click.echo(f"record: {out_dir / (record['file'] + '.json')}")
 
 
 @click.command("import")
@@ -59,7 +92,9 @@ def import_command(file: str, dst_dir: str, name: str | None) -> None:
 
     spec = _validated(ImportSpec, path=file, name=name)
     result = run_import(spec, Path(dst_dir), ConsoleReporter(show_progress=False))
-    click.echo(f"{result['path']}  ({result['kind']} checkpoint from a {result['layout']} file, {result['arch']})")
+    levels = f", levels {', '.join(result['levels'])}" if result["levels"] else ""
+    click.echo(f"{result['path']}  ({result['kind']} checkpoint from a {result['layout']} file, "
+               f"{result['arch']}{levels})")
 
 
 COMMANDS = [convert_command, import_command]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -15,7 +16,11 @@ _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 
 
 def infer_backbone(state: dict[str, torch.Tensor]) -> tuple[str, bool, float]:
-    """(arch, small_stem, width) of a torchvision-named backbone state dict, or a CheckpointError."""
+    """(arch, small_stem, width) of a torchvision-named backbone state dict, or a CheckpointError.
+
+    The depth of each stage comes from the block indices, the block type from the presence of
+    `conv3`, the stem from conv1's kernel size and the width from conv1's output channels.
+    """
     if "conv1.weight" not in state:
         keys = ", ".join(sorted(state)[:6])
         raise CheckpointError(f"no 'conv1.weight' among the keys ({keys}, ...): not a ResNet backbone state dict")
@@ -37,6 +42,11 @@ def infer_backbone(state: dict[str, torch.Tensor]) -> tuple[str, bool, float]:
         )
     arch = matches[0]
     stem = state["conv1.weight"]
+    if stem.dim() != 4 or stem.shape[1] != 3 or stem.shape[-1] not in (3, 7):
+        raise CheckpointError(
+            f"wrong architecture: conv1.weight has shape {list(stem.shape)}; expected [C, 3, 7, 7] (ImageNet stem) "
+            f"or [C, 3, 3, 3] (small-image stem)"
+        )
     small_stem = stem.shape[-1] == 3
     width = stem.shape[0] / 64
     return arch, small_stem, width
@@ -49,9 +59,15 @@ def backbone_from_state(state: dict[str, torch.Tensor], what: str) -> ResNetBack
     return backbone
 
 
-def backbone_payload(backbone: ResNetBackbone, source: dict) -> dict:
-    """Our backbone-only checkpoint: what an imported feature extractor or torchvision file becomes."""
-    return {
+def backbone_payload(
+    backbone: ResNetBackbone, source: dict[str, Any], fc: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
+    """Our backbone-only checkpoint: what an imported feature extractor or torchvision file becomes.
+
+    `fc` keeps a torchvision release file's classifier (`{"weight": [K, C], "bias": [K]}`, the BoW
+    classifier for OBoW's files) so that exporting the import back to torchvision loses nothing.
+    """
+    payload: dict[str, Any] = {
         "format": BACKBONE_FORMAT,
         "format_version": 1,
         "arch": backbone.arch,
@@ -60,3 +76,6 @@ def backbone_payload(backbone: ResNetBackbone, source: dict) -> dict:
         "state_dict": backbone.state_dict(),
         "source": source,
     }
+    if fc is not None:
+        payload["fc"] = {"weight": fc["weight"].detach().cpu(), "bias": fc["bias"].detach().cpu()}
+    return payload

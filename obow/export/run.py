@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from obow.config.export import ExportSpec, ImportSpec
@@ -28,14 +29,27 @@ def full_model(path: Path, loaded: LoadedBackbone) -> OBoW | None:
         model.load_state_dict(load_file(path)["model"])
         return model.eval()
     if loaded.source_format == "official-model":
-        from obow.export.official import _drop_module_prefix, _unwrap, map_official_model, spec_for_official_model
+        from obow.export.official import _drop_module_prefix, _unwrap, map_official_model, official_model
 
         state, _ = _unwrap(load_file(path))
-        mapped = map_official_model(_drop_module_prefix(state))
-        model = build_obow(spec_for_official_model(mapped))
-        model.load_state_dict(mapped)
+        _, model = official_model(map_official_model(_drop_module_prefix(state or {})), f"'{path}'")
         return model.eval()
     return None
+
+
+def bow_classifier(path: Path, loaded: LoadedBackbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [K, C], bias [K]) of the torchvision fc: κ·G(V) of the last level with bias 0, as the
+    original export; or the fc a torchvision release file already carried."""
+    model = full_model(path, loaded)
+    if model is not None:
+        weight = model.bow_classifier_weights(-1)
+        return weight, torch.zeros(weight.shape[0])
+    fc = loaded.extra.get("fc")
+    if fc is not None:
+        return fc["weight"], fc["bias"]
+    raise ConfigError(
+        f"'{path.name}' holds only a backbone (no vocabulary for the BoW classifier fc); export with --no-fc"
+    )
 
 
 def default_name(spec: ExportSpec, loaded: LoadedBackbone, num_words: int | None) -> str:
@@ -54,69 +68,110 @@ def default_name(spec: ExportSpec, loaded: LoadedBackbone, num_words: int | None
     return f"{arch}_student_epoch{epoch}.safetensors"
 
 
-def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
-    source = Path(spec.checkpoint)
-    loaded = load_backbone(source)
+def _write_export(spec: ExportSpec, path: Path, loaded: LoadedBackbone, fc, source_sha: str,
+                  reporter: Reporter, written: list[Path]) -> dict[str, Any]:
+    """Write the export (and its companions) atomically, appending each finished file to `written`."""
     backbone = loaded.backbone
-    reporter.progress(0, 1)
-    fc_weight = None
-    if spec.format in ("torchvision", "caffe2", "detectron2"):
-        writers.require_torchvision_layout(backbone, spec.format)
-    if spec.format == "torchvision" and not spec.no_fc:
-        model = full_model(source, loaded)
-        if model is None:
-            raise ConfigError(
-                f"'{source.name}' holds only a backbone (no vocabulary for the BoW classifier fc); export with --no-fc"
-            )
-        fc_weight = model.bow_classifier_weights(-1)
-    name = spec.output_name or default_name(spec, loaded, None if fc_weight is None else fc_weight.shape[0])
-    out_dir = Path(out_dir)
-    path = out_dir / name
-    source_sha = sha256_of(source)
-    extra_files: list[Path] = []
+    info: dict[str, Any] = {}
     if spec.format == "torchvision":
-        writers.write_torchvision(path, writers.torchvision_state(backbone, fc_weight), spec.plain)
+        weight, bias = fc if fc is not None else (None, None)
+        state = writers.torchvision_state(backbone, weight, bias)
+        writers.write_torchvision(path, state, spec.plain)
+        written.append(path)
     elif spec.format == "caffe2":
-        writers.write_caffe2(path, writers.caffe2_blobs(backbone, spec.rgb2bgr))
+        blobs = writers.caffe2_blobs(backbone, spec.rgb2bgr)
+        writers.write_caffe2(path, blobs)
+        written.append(path)
+        info["blobs"] = len(blobs)
     elif spec.format == "detectron2":
-        writers.write_detectron2(path, writers.detectron2_model(backbone))
+        model = writers.detectron2_model(backbone)
+        writers.write_detectron2(path, model)
+        written.append(path)
         settings = writers.detectron2_settings(backbone)
-        settings_path = path.with_suffix(".yaml")
-        settings_path.write_text(yaml.safe_dump(settings, sort_keys=False))
-        extra_files.append(settings_path)
+        settings_path = path.parent / f"{path.stem}.yaml"
+        writers.write_text_atomic(
+            settings_path,
+            "# Detectron2 settings these weights need (merge with cfg.merge_from_file or copy into your config)\n"
+            + yaml.safe_dump(writers.detectron2_config(settings, path.name), sort_keys=False),
+        )
+        written.append(settings_path)
+        info["settings_file"] = settings_path.name
+        info["settings"] = settings
         reporter.log("Detectron2 settings for these weights: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     else:
         meta = {"arch": backbone.arch, "small_stem": str(backbone.small_stem), "width": str(backbone.width),
-                "source_sha256": source_sha}
+                "source_sha256": source_sha, "source_format": loaded.source_format,
+                "source_epoch": str(loaded.epoch)}
         writers.write_safetensors(path, backbone, meta)
-    record = {
-        "format": spec.format,
-        "file": path.name,
-        "sha256": sha256_of(path),
-        "size": path.stat().st_size,
-        "source": str(source),
-        "source_sha256": source_sha,
-        "source_format": loaded.source_format,
-        "source_epoch": loaded.epoch,
-        "arch": backbone.arch,
-        "options": {"no_fc": spec.no_fc, "plain": spec.plain, "rgb2bgr": spec.rgb2bgr},
-        "extra_files": [p.name for p in extra_files],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (out_dir / f"{path.name}.json").write_text(json.dumps(record, indent=2))
+        written.append(path)
+    return info
+
+
+def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """Export the student of `spec.checkpoint` into `out_dir`; returns the record also written as `<file>.json`.
+
+    Either every file of the export (weights, Detectron2 settings, JSON sidecar) is written, or none.
+    """
+    source = Path(spec.checkpoint)
+    reporter.progress(0, 3)
+    loaded = load_backbone(source)
+    backbone = loaded.backbone
+    if spec.format in ("torchvision", "caffe2", "detectron2"):
+        writers.require_torchvision_layout(backbone, spec.format)
+    fc = None
+    if spec.format == "torchvision" and not spec.no_fc:
+        fc = bow_classifier(source, loaded)
+    reporter.progress(1, 3)
+    name = spec.output_name or default_name(spec, loaded, None if fc is None else int(fc[0].shape[0]))
+    out_dir = Path(out_dir)
+    path = out_dir / name
+    sidecar = out_dir / f"{name}.json"
+    if source.resolve() in (path.resolve(), sidecar.resolve()):
+        raise ConfigError(f"the export would overwrite its source '{source}'; choose another output name")
+    source_sha = sha256_of(source)
+    written: list[Path] = []
+    try:
+        info = _write_export(spec, path, loaded, fc, source_sha, reporter, written)
+        record = {
+            "format": spec.format,
+            "file": path.name,
+            "sha256": sha256_of(path),
+            "size": path.stat().st_size,
+            "source": str(source),
+            "source_sha256": source_sha,
+            "source_format": loaded.source_format,
+            "source_epoch": loaded.epoch,
+            "arch": backbone.arch,
+            "small_stem": backbone.small_stem,
+            "width": backbone.width,
+            "num_classes": None if fc is None else int(fc[0].shape[0]),
+            "options": {"no_fc": spec.no_fc, "plain": spec.plain, "rgb2bgr": spec.rgb2bgr},
+            "extra_files": [info["settings_file"]] if "settings_file" in info else [],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: v for k, v in info.items() if k != "settings_file"},
+        }
+        writers.write_text_atomic(sidecar, json.dumps(record, indent=2) + "\n")
+    except BaseException:
+        for done in written:  # no half export: weights without their settings or record go too
+            done.unlink(missing_ok=True)
+        raise
+    reporter.progress(3, 3)
     reporter.artifact(path, "export", record)
-    reporter.progress(1, 1)
     reporter.log(f"exported {spec.format} weights to {path} ({record['size']} bytes, sha256 {record['sha256'][:12]})")
     return record
 
 
 def run_import(spec: ImportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """Convert an uploaded official OBoW / torchvision file into an OBoW Lab checkpoint in `out_dir`."""
     from obow.export.official import import_checkpoint
 
     source = Path(spec.path)
     stem = source.name.split(".")[0] or "imported"
     name = spec.name or f"imported_{stem}.pt"
-    result = import_checkpoint(source, Path(out_dir) / name)
+    dst = Path(out_dir) / name
+    if dst.exists():
+        raise ConfigError(f"'{dst}' already exists; pass another name or remove it first")
+    result = import_checkpoint(source, dst)
     kind = "checkpoint" if result["kind"] == "training" else "backbone"
     reporter.artifact(Path(result["path"]), kind, {**result, "format": PRETRAIN_FORMAT if kind == "checkpoint"
                                                     else "obow-lab/backbone"})

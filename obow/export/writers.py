@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,31 @@ def write_atomic(path: Path, write: Callable[[object], None]) -> None:
         raise
 
 
+def legacy_numpy_pickle(obj: object) -> bytes:
+    """Pickle protocol 2 whose numpy references read `numpy.core.*`, as numpy < 2 writes them.
+
+    numpy 2 pickles arrays through `numpy._core.multiarray._reconstruct`, a module that numpy 1 (and
+    the Python 2 Caffe2 / Detectron readers these files are for) cannot import; numpy 2 still
+    resolves `numpy.core.*`, so the rewritten file loads everywhere. Only GLOBAL opcodes are
+    rewritten, found by parsing the pickle, so array bytes that happen to spell the name are untouched.
+    """
+    raw = pickle.dumps(obj, protocol=2)
+    chunks: list[bytes] = []
+    start = 0
+    for opcode, arg, pos in pickletools.genops(raw):
+        if opcode.name != "GLOBAL" or pos is None:
+            continue
+        module, name = str(arg).split(" ", 1)
+        if module.startswith("numpy._core"):
+            old = f"c{module}\n{name}\n".encode()
+            assert raw[pos : pos + len(old)] == old, "GLOBAL opcode not where pickletools put it"
+            legacy = module.replace("numpy._core", "numpy.core", 1)
+            chunks += [raw[start:pos], f"c{legacy}\n{name}\n".encode()]
+            start = pos + len(old)
+    chunks.append(raw[start:])
+    return b"".join(chunks)
+
+
 def require_torchvision_layout(backbone: ResNetBackbone, fmt: str) -> None:
     if backbone.small_stem or backbone.width != 1.0:
         raise ConfigError(
@@ -44,12 +70,16 @@ def require_torchvision_layout(backbone: ResNetBackbone, fmt: str) -> None:
         )
 
 
-def torchvision_state(backbone: ResNetBackbone, fc_weight: torch.Tensor | None) -> OrderedDict:
-    """The backbone as a torchvision ResNet state dict; with `fc_weight` [K, C] an fc with zero bias."""
+def torchvision_state(
+    backbone: ResNetBackbone, fc_weight: torch.Tensor | None, fc_bias: torch.Tensor | None = None
+) -> OrderedDict:
+    """The backbone as a torchvision ResNet state dict; with `fc_weight` [K, C] an fc (bias 0 by default)."""
     state = OrderedDict((k, v.detach().cpu().clone()) for k, v in backbone.state_dict().items())
     if fc_weight is not None:
         state["fc.weight"] = fc_weight.detach().cpu().clone()
-        state["fc.bias"] = torch.zeros(fc_weight.shape[0])
+        state["fc.bias"] = (
+            torch.zeros(fc_weight.shape[0]) if fc_bias is None else fc_bias.detach().cpu().clone().reshape(-1)
+        )
     import torchvision
 
     check = getattr(torchvision.models, backbone.arch)(num_classes=fc_weight.shape[0] if fc_weight is not None else 1)
@@ -78,7 +108,9 @@ def caffe2_blobs(backbone: ResNetBackbone, rgb2bgr: bool) -> OrderedDict:
 
 
 def write_caffe2(path: Path, blobs: OrderedDict) -> None:
-    write_atomic(path, lambda handle: pickle.dump({"blobs": blobs}, handle, protocol=2))
+    """`{'blobs': OrderedDict}` and nothing else: the fair SSL benchmark and Detectron read exactly this."""
+    blob = legacy_numpy_pickle({"blobs": blobs})
+    write_atomic(path, lambda handle: handle.write(blob))
 
 
 def detectron2_model(backbone: ResNetBackbone) -> dict[str, np.ndarray]:
@@ -91,6 +123,11 @@ def detectron2_model(backbone: ResNetBackbone) -> dict[str, np.ndarray]:
 
 
 def detectron2_settings(backbone: ResNetBackbone) -> dict[str, object]:
+    """The config values these weights need, flat (`MODEL.RESNETS.DEPTH`), for printing.
+
+    The weights expect RGB input normalised with torchvision's statistics on the 0-255 scale, and a
+    stride-2 3x3 conv in each bottleneck (torchvision's layout), unlike Detectron2's Caffe2 defaults.
+    """
     depth = {"resnet18": 18, "resnet50": 50}[backbone.arch]
     settings: dict[str, object] = {
         "MODEL.PIXEL_MEAN": D2_PIXEL_MEAN,
@@ -100,13 +137,29 @@ def detectron2_settings(backbone: ResNetBackbone) -> dict[str, object]:
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
     }
     if depth == 18:
-        settings["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
+        settings["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64  # Detectron2 requires it for basic blocks
     return settings
 
 
+def detectron2_config(settings: dict[str, object], weights_name: str) -> dict[str, object]:
+    """The flat settings as a nested Detectron2 config fragment, mergeable with `cfg.merge_from_file`."""
+    config: dict[str, object] = {}
+    for dotted, value in {"MODEL.WEIGHTS": weights_name, **settings}.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = value  # type: ignore[index]
+    return config
+
+
 def write_detectron2(path: Path, model: dict[str, np.ndarray]) -> None:
-    payload = {"model": model, "__author__": "OBoW Lab", "matching_heuristics": True}
-    write_atomic(path, lambda handle: pickle.dump(payload, handle, protocol=2))
+    blob = legacy_numpy_pickle({"model": model, "__author__": "OBoW Lab", "matching_heuristics": True})
+    write_atomic(path, lambda handle: handle.write(blob))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def write_safetensors(path: Path, backbone: ResNetBackbone, metadata: dict[str, str]) -> None:

@@ -2,18 +2,22 @@
 
 import json
 import pickle
+import pickletools
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 
 from obow.config.export import ExportSpec
 from obow.errors import ConfigError
 from obow.export.run import run_export
 from obow.models.loading import load_backbone
 from obow.reporting import RecordingReporter
+from obow.train.checkpoint import sha256_of
 
 STAGES = {"resnet18": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3]}
 
@@ -24,32 +28,59 @@ def export(ckpt: Path, out: Path, **options):
     return out / record["file"], record, rep
 
 
-@pytest.mark.parametrize("which", ["r18_checkpoint", "r50_checkpoint"])
-def test_torchvision_export_gives_the_same_features_and_the_bow_logits(which, request, tmp_path):
-    ckpt, model = request.getfixturevalue(which)
+def torchvision_pooled(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
+    """The pooled features of a torchvision ResNet, layer by layer (its forward without fc)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
+
+
+def test_torchvision_export_gives_the_same_features_and_the_bow_logits(r18_checkpoint, tmp_path):
+    ckpt, model = r18_checkpoint
     path, record, rep = export(ckpt, tmp_path, format="torchvision")
-    arch = model.student.arch
-    assert path.name == f"tochvision_{arch}_student_K256_epoch3.pth.tar"
+    assert path.name == "tochvision_resnet18_student_K256_epoch3.pth.tar"
     state = torch.load(path, weights_only=True)["network"]
-    net = getattr(torchvision.models, arch)(num_classes=256)
+    net = torchvision.models.resnet18(num_classes=256)
     net.load_state_dict(state, strict=True)
     net.eval()
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ours = model.student(x, taps=("pooled",))["pooled"]
-        theirs = torch.flatten(net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(
-            net.maxpool(net.relu(net.bn1(net.conv1(x))))))))), 1)
-        assert torch.allclose(ours, theirs, atol=1e-5)
-        # fc = κ·G(V) of the last level, bias 0: torchvision's logits are the block4 BoW logits
+        assert torch.allclose(ours, torchvision_pooled(net, x), atol=1e-5)
+        # fc = κ·G(V) of the last level, bias 0, computed here from the parts: generator in eval mode
+        # (BN on running statistics), unit-norm rows, scaled by the last level's κ
         gen = model.bow_predictor.layers_w[-1]
         gen.eval()
         words = model.bow_extractor.levels[-1].words
         expected = model.bow_predictor.scale[-1] * (ours @ gen(words).t())
         assert torch.allclose(net(x), expected, atol=1e-4)
+        assert torch.equal(state["fc.bias"], torch.zeros(256))
+        assert torch.allclose(state["fc.weight"].norm(dim=1), model.bow_predictor.scale[-1].expand(256), atol=1e-4)
     sidecar = json.loads((tmp_path / f"{path.name}.json").read_text())
     assert sidecar["sha256"] == record["sha256"] and sidecar["size"] == path.stat().st_size
-    assert rep.artifacts[0][1] == "export"
+    assert sidecar["source_sha256"] == sha256_of(ckpt) and sidecar["options"]["no_fc"] is False
+    assert sidecar["num_classes"] == 256 and sidecar["source_epoch"] == 3
+    assert rep.artifacts == [(path, "export", record)]
+
+
+def test_torchvision_resnet50_gives_the_same_features(r50_backbone, tmp_path):
+    ckpt, backbone = r50_backbone
+    path, _, _ = export(ckpt, tmp_path, format="torchvision", no_fc=True)
+    assert path.name == "tochvision_resnet50_student_epoch200_nofc.pth.tar"
+    net = torchvision.models.resnet50()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(torch.load(path, weights_only=True)["network"], strict=True)
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(backbone(x)["pooled"], torchvision_pooled(net, x), atol=1e-5)
+
+
+def test_backbone_only_file_has_no_bow_classifier(r50_backbone, tmp_path):
+    with pytest.raises(ConfigError, match="export with --no-fc"):
+        export(r50_backbone[0], tmp_path, format="torchvision")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_torchvision_no_fc_and_plain(r18_checkpoint, tmp_path):
@@ -99,24 +130,35 @@ def caffe2_source_key(name: str) -> str:
 
 
 @pytest.mark.parametrize("rgb2bgr", [False, True])
-def test_caffe2_blobs_resnet50(r50_checkpoint, tmp_path, rgb2bgr):
-    ckpt, model = r50_checkpoint
-    path, _, _ = export(ckpt, tmp_path, format="caffe2", rgb2bgr=rgb2bgr)
-    with open(path, "rb") as handle:
-        assert handle.read(2) == b"\x80\x02"  # pickle protocol 2
-        handle.seek(0)
-        blobs = pickle.load(handle)["blobs"]
-    state = model.student.state_dict()
+def test_caffe2_blobs_resnet50(r50_backbone, tmp_path, rgb2bgr):
+    ckpt, backbone = r50_backbone
+    path, record, _ = export(ckpt, tmp_path, format="caffe2", rgb2bgr=rgb2bgr)
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x80\x02"  # pickle protocol 2
+    # numpy 1 / Python 2 readers: arrays must be rebuilt through numpy.core, never numpy 2's numpy._core
+    globals_ = {str(arg) for op, arg, _ in pickletools.genops(raw) if op.name == "GLOBAL"}
+    assert "numpy.core.multiarray _reconstruct" in globals_
+    assert not any(g.startswith("numpy._core") for g in globals_)
+    payload = pickle.loads(raw)
+    assert list(payload) == ["blobs"] and isinstance(payload["blobs"], OrderedDict)
+    blobs = payload["blobs"]
+    assert record["blobs"] == 318 and record["options"]["rgb2bgr"] is rgb2bgr
+    state = backbone.state_dict()
     assert [caffe2_source_key(n) for n in blobs] == sorted(k for k in state if "fc" not in k)  # sorted-key order
     assert set(blobs) == expected_caffe2_names("resnet50", with_counters=True)
     assert len(blobs) == 318 and len([n for n in blobs if not n.endswith("num_batches_tracked")]) == 265
     for name, value in blobs.items():
+        assert isinstance(value, np.ndarray), name
         source = state[caffe2_source_key(name)].numpy()
         if name == "conv1_w" and rgb2bgr:
-            assert np.array_equal(value, source[:, ::-1])
+            assert value.shape == (64, 3, 7, 7)
+            for c in range(3):  # BGR input channel c is the RGB channel 2 - c
+                assert np.array_equal(value[:, c], source[:, 2 - c])
             assert not np.array_equal(value, source)
         else:
             assert np.array_equal(value, source), name
+        if name.endswith("num_batches_tracked"):
+            assert value.shape == () and value.dtype == np.int64
 
 
 def test_caffe2_resnet18_names(r18_checkpoint, tmp_path):
@@ -141,18 +183,37 @@ def expected_detectron2_names(arch: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("which", ["r18_checkpoint", "r50_checkpoint"])
+@pytest.mark.parametrize("which", ["r18_checkpoint", "r50_backbone"])
 def test_detectron2_names_map_one_to_one(which, request, tmp_path):
     ckpt, model = request.getfixturevalue(which)
-    path, _, rep = export(ckpt, tmp_path, format="detectron2")
-    with open(path, "rb") as handle:
-        payload = pickle.load(handle)
+    backbone = model.student if which == "r18_checkpoint" else model
+    path, record, rep = export(ckpt, tmp_path, format="detectron2")
+    payload = pickle.loads(path.read_bytes())
     assert payload["__author__"] == "OBoW Lab" and payload["matching_heuristics"] is True
-    assert set(payload["model"]) == expected_detectron2_names(model.student.arch)
-    assert np.array_equal(payload["model"]["stem.conv1.weight"], model.student.conv1.weight.detach().numpy())
-    settings = path.with_suffix(".yaml").read_text()
-    assert "INPUT.FORMAT: RGB" in settings and "STRIDE_IN_1X1: false" in settings
-    assert any("PIXEL_MEAN" in msg for _, msg in rep.logs)
+    assert set(payload["model"]) == expected_detectron2_names(backbone.arch)
+    assert len(payload["model"]) == len([k for k in backbone.state_dict() if "num_batches_tracked" not in k])
+    ours = backbone.state_dict()
+    by_hand = {
+        "stem.conv1.weight": "conv1.weight",
+        "stem.conv1.norm.running_var": "bn1.running_var",
+        "res2.0.conv2.norm.weight": "layer1.0.bn2.weight",
+        "res3.0.shortcut.weight": "layer2.0.downsample.0.weight",
+        "res5.1.conv1.norm.running_mean": "layer4.1.bn1.running_mean",
+        "res4.0.shortcut.norm.bias": "layer3.0.downsample.1.bias",
+    }
+    for d2, tv in by_hand.items():
+        assert isinstance(payload["model"][d2], np.ndarray)
+        assert np.array_equal(payload["model"][d2], ours[tv].numpy()), d2
+    settings = yaml.safe_load(path.with_suffix(".yaml").read_text())
+    depth = 18 if backbone.arch == "resnet18" else 50
+    assert settings["MODEL"]["WEIGHTS"] == path.name
+    assert settings["INPUT"]["FORMAT"] == "RGB"
+    assert settings["MODEL"]["PIXEL_MEAN"] == [123.675, 116.28, 103.53]
+    assert settings["MODEL"]["PIXEL_STD"] == [58.395, 57.12, 57.375]
+    assert settings["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False
+    assert settings["MODEL"]["RESNETS"]["DEPTH"] == depth
+    assert record["extra_files"] == [path.with_suffix(".yaml").name]
+    assert any("MODEL.PIXEL_MEAN" in msg and "INPUT.FORMAT=RGB" in msg for _, msg in rep.logs)
 
 
 def test_safetensors_any_backbone(tiny_checkpoint, tmp_path):
@@ -161,7 +222,10 @@ def test_safetensors_any_backbone(tiny_checkpoint, tmp_path):
     path, _, _ = export(tiny_checkpoint, tmp_path, format="safetensors")
     loaded = load_backbone(tiny_checkpoint).backbone
     with safe_open(str(path), "pt") as handle:
-        assert handle.metadata()["arch"] == "resnet18" and handle.metadata()["width"] == "0.125"
+        meta = handle.metadata()
+        assert meta["arch"] == "resnet18" and meta["width"] == "0.125" and meta["small_stem"] == "True"
+        assert meta["source_sha256"] == sha256_of(tiny_checkpoint)
+        assert set(handle.keys()) == set(loaded.state_dict())
         for key, value in loaded.state_dict().items():
             assert torch.equal(handle.get_tensor(key), value)
 
