@@ -8,6 +8,7 @@ Nothing is written until the whole file has been mapped and loaded strictly into
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ def _unwrap(payload: Any) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any
     if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         return dict(payload), {}
     return None, payload
+
+
+_EPOCH_IN_NAME = re.compile(r"(?:_epoch|_checkpoint_)(\d+)\.pth(?:\.tar)?$")
+
+
+def _epoch_of(envelope: dict[str, Any], path: Path) -> int | None:
+    """The `epoch` the file records, else the one its official name carries (`…_epoch200.pth.tar`,
+    `…_checkpoint_80.pth.tar`): the torchvision release files record none."""
+    if isinstance(envelope.get("epoch"), int):
+        return int(envelope["epoch"])
+    match = _EPOCH_IN_NAME.search(path.name)
+    return int(match.group(1)) if match else None
 
 
 def _drop_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,7 +162,7 @@ def read_foreign(payload: Any, path: Path) -> LoadedBackbone | None:
         kind = classify(state)
     except CheckpointError:
         return None
-    epoch = envelope.get("epoch") if isinstance(envelope.get("epoch"), int) else None
+    epoch = _epoch_of(envelope, path)
     extra: dict[str, Any] = {}
     if kind == "official-model":
         student = {k: v for k, v in map_official_model(state).items() if k.startswith("student.")}
@@ -218,7 +231,7 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
             )
         state = _drop_module_prefix(state)
         layout = classify(state)
-        epoch = envelope.get("epoch") if isinstance(envelope.get("epoch"), int) else None
+        epoch = _epoch_of(envelope, path)
         source |= {"layout": layout, "epoch": epoch}
         if layout == "official-model":
             mapped = map_official_model(state)

@@ -7,11 +7,11 @@ import torch
 import torchvision
 
 from obow.config.export import ExportSpec, ImportSpec
-from obow.errors import CheckpointError
+from obow.errors import CheckpointError, ConfigError
 from obow.export.run import run_export, run_import
 from obow.models.loading import load_backbone
 from obow.reporting import RecordingReporter
-from obow.train.checkpoint import load_training_checkpoint
+from obow.train.checkpoint import load_training_checkpoint, sha256_of
 
 
 def official_backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -48,13 +48,21 @@ def test_official_training_checkpoint_round_trip(r18_checkpoint, tmp_path, ddp_p
     official = tmp_path / "model_net_checkpoint_80.pth.tar"
     torch.save({"epoch": 80, "network": state, "meters": None}, official)
 
-    result = run_import(ImportSpec(path=str(official)), tmp_path / "lab", RecordingReporter())
+    rep = RecordingReporter()
+    result = run_import(ImportSpec(path=str(official)), tmp_path / "lab", rep)
     assert result["kind"] == "training" and result["layout"] == "official-model"
+    assert rep.artifacts[0][1] == "checkpoint" and rep.artifacts[0][0] == Path(result["path"])
     imported = load_training_checkpoint(Path(result["path"]))
-    assert imported["epoch"] == 80 and imported["spec"]["model"]["bow_levels"] == ["block3", "block4"]
-    assert imported["spec"]["model"]["bow_extractor_opts"]["num_words"] == [256, 256]
+    spec = imported["spec"]["model"]
+    assert imported["epoch"] == 80 and spec["bow_levels"] == ["block3", "block4"]
+    assert spec["bow_extractor_opts"]["num_words"] == [256, 256]
+    assert spec["feature_extractor_arch"] == "resnet18" and spec["bow_predictor_opts"]["kappa"] == [5.0, 5.0]
+    assert spec["bow_extractor_opts"]["inv_delta"] == 10  # not in the file: the original R18 config's value
+    assert imported["imported_from"]["sha256"] == sha256_of(official)
     for key, value in model.state_dict().items():
         assert torch.equal(imported["model"][key], value), key
+    if ddp_prefix:
+        return  # the exports below do not depend on how the file was read
 
     # exported back to torchvision, it matches an export of the original model
     ours = run_export(ExportSpec(checkpoint=str(r18_checkpoint[0])), tmp_path / "a", RecordingReporter())
@@ -65,6 +73,43 @@ def test_official_training_checkpoint_round_trip(r18_checkpoint, tmp_path, ddp_p
     # the official file is also directly usable wherever a backbone is expected
     direct = load_backbone(official)
     assert direct.source_format == "official-model" and direct.epoch == 80
+
+
+def test_official_checkpoint_without_cosine_momentum_buffers(r18_checkpoint, tmp_path):
+    """Official runs with a fixed momentum have no `_alpha`/`_iteration`: imported with alpha_cosine off."""
+    _, model = r18_checkpoint
+    state = {k: v for k, v in official_model_state(model).items() if k not in ("_alpha", "_iteration")}
+    official = tmp_path / "model_net_checkpoint_7.pth.tar"
+    torch.save({"epoch": 7, "network": state, "meters": None}, official)
+    result = run_import(ImportSpec(path=str(official), name="fixed.pt"), tmp_path, RecordingReporter())
+    imported = load_training_checkpoint(Path(result["path"]))
+    assert imported["spec"]["model"]["alpha_cosine"] is False and imported["iteration"] == 0
+    assert torch.equal(imported["model"]["student.conv1.weight"], model.student.conv1.weight)
+
+
+def test_resnet50_spec_comes_from_the_original_resnet50_config():
+    """Arch from the shapes, levels and K from the vocabularies, κ from the file, the rest from the preset."""
+    from obow.export.official import spec_for_official_model
+    from obow.models.backbone import build_backbone
+
+    with torch.device("meta"):  # shapes only: no memory, no time
+        student = build_backbone("resnet50").state_dict()
+    mapped = {"student." + k: v for k, v in student.items()}
+    mapped |= {
+        "bow_extractor.levels.0._embedding": torch.zeros(512, 1024),
+        "bow_extractor.levels.1._embedding": torch.zeros(512, 2048),
+        "bow_predictor.scale": torch.tensor([8.0, 8.0]),
+        "linear_classifier.prediction_layer.weight": torch.zeros(1000, 2048),
+        "_iteration": torch.zeros(1),
+    }
+    spec = spec_for_official_model(mapped)
+    assert spec.model.feature_extractor_arch == "resnet50" and spec.model.bow_levels == ["block3", "block4"]
+    assert spec.model.per_level("num_words") == [512, 512] and spec.model.per_level("kappa") == [8.0, 8.0]
+    assert spec.model.per_level("inv_delta") == [15, 15] and spec.model.num_classes == 1000
+    assert spec.optim.num_epochs == 200 and spec.data.batch_size == 256
+    vanilla = {k: v for k, v in mapped.items() if not k.startswith("bow_extractor.levels.1")}
+    vanilla["bow_predictor.scale"] = torch.tensor([8.0])
+    assert spec_for_official_model(vanilla).model.bow_levels == ["block4"]
 
 
 def test_feature_extractor_and_torchvision_release_files(r18_checkpoint, tmp_path):
@@ -87,6 +132,12 @@ def test_feature_extractor_and_torchvision_release_files(r18_checkpoint, tmp_pat
                 assert torch.equal(loaded.backbone.state_dict()[key], value)
         no_fc = run_export(ExportSpec(checkpoint=result["path"], no_fc=True), tmp_path / "x", RecordingReporter())
         assert no_fc["file"].endswith("_nofc.pth.tar")
+    # the release file's fc (the BoW classifier) survives the import and comes back out unchanged
+    imported = tmp_path / "lab" / "imported_tochvision_resnet18_student_K8192_epoch80.pt"
+    back = run_export(ExportSpec(checkpoint=str(imported)), tmp_path / "y", RecordingReporter())
+    assert back["file"] == "tochvision_resnet18_student_K8192_epoch80.pth.tar"  # epoch from the name
+    state = torch.load(tmp_path / "y" / back["file"], weights_only=True)["network"]
+    assert state.keys() == release.keys() and all(torch.equal(state[k], release[k]) for k in release)
 
 
 def test_bad_imports_leave_nothing_behind(r18_checkpoint, tmp_path):
@@ -106,8 +157,17 @@ def test_bad_imports_leave_nothing_behind(r18_checkpoint, tmp_path):
 
     foreign = tmp_path / "foreign.pth"
     torch.save({"encoder.weight": torch.zeros(3), "head.bias": torch.zeros(1)}, foreign)
-    with pytest.raises(CheckpointError, match=r"unknown checkpoint layout.*encoder\.weight"):
+    with pytest.raises(CheckpointError) as err:
         run_import(ImportSpec(path=str(foreign)), out, RecordingReporter())
+    message = str(err.value)
+    assert "unknown checkpoint layout: unexpected keys [encoder.weight, head.bias]" in message
+    assert "missing keys" in message and "'_feature_blocks.0.Conv.weight'" in message and "'conv1.weight'" in message
+    assert "\n" not in message
+
+    not_a_state = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], not_a_state)
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        run_import(ImportSpec(path=str(not_a_state)), out, RecordingReporter())
 
     partial = official_model_state(model)
     del partial["feature_extractor_teacher._feature_blocks.4.1.bn2.running_var"]
@@ -116,9 +176,27 @@ def test_bad_imports_leave_nothing_behind(r18_checkpoint, tmp_path):
     torch.save({"epoch": 1, "network": partial}, broken)
     with pytest.raises(CheckpointError) as err:
         run_import(ImportSpec(path=str(broken)), out, RecordingReporter())
-    assert "teacher.layer4.1.bn2.running_var" in str(err.value) and "bow_predictor.extra_thing" in str(err.value)
+    assert "missing keys [teacher.layer4.1.bn2.running_var]" in str(err.value)
+    assert "unexpected keys [bow_predictor.extra_thing]" in str(err.value)
+
+    fe = {k: v for k, v in official_backbone_keys(model.student.state_dict()).items() if "layer" not in k}
+    fe["_feature_blocks.9.weird"] = torch.zeros(1)
+    fe.pop("_feature_blocks.2.0.conv1.weight")
+    partial_fe = tmp_path / "feature_extractor_net_checkpoint_1.pth.tar"
+    torch.save({"epoch": 1, "network": fe}, partial_fe)
+    with pytest.raises(CheckpointError) as err:
+        run_import(ImportSpec(path=str(partial_fe)), out, RecordingReporter())
+    assert "layer2.0.conv1.weight" in str(err.value) and "_feature_blocks.9.weird" in str(err.value)
 
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_lab_checkpoint_is_validated_and_kept(tiny_checkpoint, tmp_path):
+    result = run_import(ImportSpec(path=str(tiny_checkpoint), name="copy.pt"), tmp_path, RecordingReporter())
+    assert result["kind"] == "training" and result["layout"] == "obow-lab/pretrain"
+    assert load_backbone(result["path"]).backbone.small_stem is True
+    with pytest.raises(ConfigError, match="already exists"):
+        run_import(ImportSpec(path=str(tiny_checkpoint), name="copy.pt"), tmp_path, RecordingReporter())
 
 
 def test_import_cli(r18_checkpoint, tmp_path):
