@@ -87,10 +87,13 @@ def convert_command(checkpoint: str | None, config: str | None, dst_dir: str, fm
 @click.option("--name", default=None, help="Output file name (default: imported_<stem>.pt).")
 def import_command(file: str, dst_dir: str, name: str | None) -> None:
     """Import an official OBoW checkpoint (model_net / feature_extractor_net) or a torchvision ResNet file."""
-    from obow.export.run import run_import
+    from obow.export.run import imported_name, run_import
     from obow.reporting import ConsoleReporter
 
     spec = _validated(ImportSpec, path=file, name=name)
+    dst = Path(dst_dir) / (spec.name or imported_name(Path(file)))
+    if dst.exists():
+        raise ConfigError(f"'{dst}' already exists; pass another --name or remove it first")
     result = run_import(spec, Path(dst_dir), ConsoleReporter(show_progress=False))
     levels = f", levels {', '.join(result['levels'])}" if result["levels"] else ""
     click.echo(f"{result['path']}  ({result['kind']} checkpoint from a {result['layout']} file, "

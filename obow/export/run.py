@@ -161,17 +161,17 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     return record
 
 
+def imported_name(source: Path) -> str:
+    return f"imported_{source.name.split('.')[0] or 'file'}.pt"
+
+
 def run_import(spec: ImportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
     """Convert an uploaded official OBoW / torchvision file into an OBoW Lab checkpoint in `out_dir`."""
     from obow.export.official import import_checkpoint
 
     source = Path(spec.path)
-    stem = source.name.split(".")[0] or "imported"
-    name = spec.name or f"imported_{stem}.pt"
-    dst = Path(out_dir) / name
-    if dst.exists():
-        raise ConfigError(f"'{dst}' already exists; pass another name or remove it first")
-    result = import_checkpoint(source, dst)
+    name = spec.name or imported_name(source)
+    result = import_checkpoint(source, Path(out_dir) / name)
     kind = "checkpoint" if result["kind"] == "training" else "backbone"
     reporter.artifact(Path(result["path"]), kind, {**result, "format": PRETRAIN_FORMAT if kind == "checkpoint"
                                                     else "obow-lab/backbone"})

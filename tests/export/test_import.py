@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from click.testing import CliRunner
 
+from obow.cli import main
 from obow.config.export import ExportSpec, ImportSpec
-from obow.errors import CheckpointError, ConfigError
+from obow.errors import CheckpointError
 from obow.export.run import run_export, run_import
 from obow.models.loading import load_backbone
 from obow.reporting import RecordingReporter
@@ -195,15 +197,11 @@ def test_a_lab_checkpoint_is_validated_and_kept(tiny_checkpoint, tmp_path):
     result = run_import(ImportSpec(path=str(tiny_checkpoint), name="copy.pt"), tmp_path, RecordingReporter())
     assert result["kind"] == "training" and result["layout"] == "obow-lab/pretrain"
     assert load_backbone(result["path"]).backbone.small_stem is True
-    with pytest.raises(ConfigError, match="already exists"):
-        run_import(ImportSpec(path=str(tiny_checkpoint), name="copy.pt"), tmp_path, RecordingReporter())
+    again = CliRunner().invoke(main, ["import", str(tiny_checkpoint), "--dst-dir", str(tmp_path), "--name", "copy.pt"])
+    assert again.exit_code == 2 and "already exists" in again.output  # the CLI never overwrites a file
 
 
 def test_import_cli(r18_checkpoint, tmp_path):
-    from click.testing import CliRunner
-
-    from obow.cli import main
-
     path = tmp_path / "fe.pth.tar"
     torch.save({"epoch": 5, "network": official_backbone_keys(r18_checkpoint[1].student.state_dict())}, path)
     ok = CliRunner().invoke(main, ["import", str(path), "--dst-dir", str(tmp_path / "out")])
