@@ -82,10 +82,13 @@ def torchvision_state(
         )
     import torchvision
 
-    check = getattr(torchvision.models, backbone.arch)(num_classes=fc_weight.shape[0] if fc_weight is not None else 1)
+    # The promise of this format: it loads into torchvision's own model with strict=True. Checked on a
+    # meta-device model (names and shapes only, no weight initialisation, no memory).
+    with torch.device("meta"):
+        check = getattr(torchvision.models, backbone.arch)(num_classes=1 if fc_weight is None else fc_weight.shape[0])
     if fc_weight is None:
         check.fc = torch.nn.Identity()
-    check.load_state_dict(state, strict=True)  # the promise of this format: loads with strict=True
+    check.load_state_dict(state, strict=True, assign=True)
     return state
 
 

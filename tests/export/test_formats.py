@@ -129,24 +129,20 @@ def caffe2_source_key(name: str) -> str:
     return layer + f"bn{conv[branch]}." + part.get(tail[3:], tail[3:])
 
 
-@pytest.mark.parametrize("rgb2bgr", [False, True])
-def test_caffe2_blobs_resnet50(r50_backbone, tmp_path, rgb2bgr):
-    ckpt, backbone = r50_backbone
-    path, record, _ = export(ckpt, tmp_path, format="caffe2", rgb2bgr=rgb2bgr)
+def read_caffe2(path: Path) -> OrderedDict:
     raw = path.read_bytes()
     assert raw[:2] == b"\x80\x02"  # pickle protocol 2
     # numpy 1 / Python 2 readers: arrays must be rebuilt through numpy.core, never numpy 2's numpy._core
     globals_ = {str(arg) for op, arg, _ in pickletools.genops(raw) if op.name == "GLOBAL"}
     assert "numpy.core.multiarray _reconstruct" in globals_
     assert not any(g.startswith("numpy._core") for g in globals_)
-    payload = pickle.loads(raw)
+    payload = pickle.loads(raw)  # plain pickle, no torch
     assert list(payload) == ["blobs"] and isinstance(payload["blobs"], OrderedDict)
-    blobs = payload["blobs"]
-    assert record["blobs"] == 318 and record["options"]["rgb2bgr"] is rgb2bgr
-    state = backbone.state_dict()
+    return payload["blobs"]
+
+
+def check_caffe2_values(blobs: OrderedDict, state: dict[str, torch.Tensor], rgb2bgr: bool) -> None:
     assert [caffe2_source_key(n) for n in blobs] == sorted(k for k in state if "fc" not in k)  # sorted-key order
-    assert set(blobs) == expected_caffe2_names("resnet50", with_counters=True)
-    assert len(blobs) == 318 and len([n for n in blobs if not n.endswith("num_batches_tracked")]) == 265
     for name, value in blobs.items():
         assert isinstance(value, np.ndarray), name
         source = state[caffe2_source_key(name)].numpy()
@@ -161,11 +157,25 @@ def test_caffe2_blobs_resnet50(r50_backbone, tmp_path, rgb2bgr):
             assert value.shape == () and value.dtype == np.int64
 
 
-def test_caffe2_resnet18_names(r18_checkpoint, tmp_path):
-    path, _, _ = export(r18_checkpoint[0], tmp_path, format="caffe2")
-    with open(path, "rb") as handle:
-        blobs = pickle.load(handle)["blobs"]
+def test_caffe2_blobs_resnet50(r50_backbone, tmp_path):
+    ckpt, backbone = r50_backbone
+    path, record, _ = export(ckpt, tmp_path, format="caffe2")
+    blobs = read_caffe2(path)
+    assert set(blobs) == expected_caffe2_names("resnet50", with_counters=True)
+    assert len(blobs) == 318 and len([n for n in blobs if not n.endswith("num_batches_tracked")]) == 265
+    without_counters = {n for n in blobs if not n.endswith("_num_batches_tracked")}
+    assert without_counters == expected_caffe2_names("resnet50", with_counters=False)
+    assert record["blobs"] == 318 and record["options"]["rgb2bgr"] is False
+    check_caffe2_values(blobs, backbone.state_dict(), rgb2bgr=False)
+
+
+def test_caffe2_resnet18_bgr(r18_checkpoint, tmp_path):
+    ckpt, model = r18_checkpoint
+    path, record, _ = export(ckpt, tmp_path, format="caffe2", rgb2bgr=True)
+    assert path.name == "resnet18_student_epoch3_caffe2_bgr.pkl" and record["options"]["rgb2bgr"] is True
+    blobs = read_caffe2(path)
     assert set(blobs) == expected_caffe2_names("resnet18", with_counters=True)
+    check_caffe2_values(blobs, model.student.state_dict(), rgb2bgr=True)
 
 
 def expected_detectron2_names(arch: str) -> set[str]:

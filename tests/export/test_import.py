@@ -66,12 +66,17 @@ def test_official_training_checkpoint_round_trip(r18_checkpoint, tmp_path, ddp_p
     if ddp_prefix:
         return  # the exports below do not depend on how the file was read
 
-    # exported back to torchvision, it matches an export of the original model
-    ours = run_export(ExportSpec(checkpoint=str(r18_checkpoint[0])), tmp_path / "a", RecordingReporter())
+    # exported back to torchvision: the original student with fc = κ·G(V) of the original model
+    expected = dict(model.student.state_dict())
+    expected["fc.weight"], expected["fc.bias"] = model.bow_classifier_weights(-1), torch.zeros(256)
     back = run_export(ExportSpec(checkpoint=result["path"]), tmp_path / "b", RecordingReporter())
-    a = torch.load(tmp_path / "a" / ours["file"], weights_only=True)["network"]
-    b = torch.load(tmp_path / "b" / back["file"], weights_only=True)["network"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and the same straight from the official file, without importing it first
+    direct = run_export(ExportSpec(checkpoint=str(official)), tmp_path / "c", RecordingReporter())
+    for folder, record in (("b", back), ("c", direct)):
+        assert record["file"] == "tochvision_resnet18_student_K256_epoch80.pth.tar"
+        state = torch.load(tmp_path / folder / record["file"], weights_only=True)["network"]
+        assert state.keys() == expected.keys()
+        assert all(torch.allclose(state[k].float(), expected[k].float(), atol=1e-6) for k in state), folder
     # the official file is also directly usable wherever a backbone is expected
     direct = load_backbone(official)
     assert direct.source_format == "official-model" and direct.epoch == 80
@@ -127,13 +132,15 @@ def test_feature_extractor_and_torchvision_release_files(r18_checkpoint, tmp_pat
     torch.save(torchvision.models.resnet18().state_dict(), plain)
     for path, layout in ((fe, "official-feature-extractor"), (tv, "torchvision"), (plain, "torchvision")):
         result = run_import(ImportSpec(path=str(path)), tmp_path / "lab", RecordingReporter())
-        assert result["kind"] == "backbone" and result["layout"] == layout
+        assert result["kind"] == "backbone" and result["layout"] == layout and result["arch"] == "resnet18"
         loaded = load_backbone(result["path"])
+        assert loaded.source_format == "obow-lab/backbone" and loaded.extra["source"]["sha256"] == sha256_of(path)
         if path != plain:
             for key, value in student.items():
                 assert torch.equal(loaded.backbone.state_dict()[key], value)
-        no_fc = run_export(ExportSpec(checkpoint=result["path"], no_fc=True), tmp_path / "x", RecordingReporter())
-        assert no_fc["file"].endswith("_nofc.pth.tar")
+    no_fc = run_export(ExportSpec(checkpoint=str(tmp_path / "lab" / "imported_feature_extractor_net_checkpoint_80.pt"),
+                                  no_fc=True), tmp_path / "x", RecordingReporter())
+    assert no_fc["file"] == "tochvision_resnet18_student_epoch80_nofc.pth.tar"
     # the release file's fc (the BoW classifier) survives the import and comes back out unchanged
     imported = tmp_path / "lab" / "imported_tochvision_resnet18_student_K8192_epoch80.pt"
     back = run_export(ExportSpec(checkpoint=str(imported)), tmp_path / "y", RecordingReporter())
