@@ -57,7 +57,8 @@ def default_name(spec: ExportSpec, loaded: LoadedBackbone, num_words: int | None
     epoch = loaded.epoch if loaded.epoch is not None else 0
     if spec.format == "torchvision":
         if spec.plain:
-            return f"torchvision_{arch}_student_epoch{epoch}{'_nofc' if spec.no_fc else ''}.pth"
+            words = "" if num_words is None else f"_K{num_words}"
+            return f"torchvision_{arch}_student{words}_epoch{epoch}{'_nofc' if spec.no_fc else ''}.pth"
         if spec.no_fc:
             return f"tochvision_{arch}_student_epoch{epoch}_nofc.pth.tar"
         return f"tochvision_{arch}_student_K{num_words}_epoch{epoch}.pth.tar"  # the original's (misspelt) name

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from click.testing import CliRunner
 
 from obow.cli import main
@@ -23,6 +24,23 @@ def test_truncated_source_is_a_one_line_error(r18_checkpoint, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(CheckpointError, match="truncated, corrupt"):
         run_export(ExportSpec(checkpoint=str(truncated), format="caffe2"), out, RecordingReporter())
+    assert not out.exists()
+
+
+def resnet34_names_only() -> dict[str, torch.Tensor]:
+    """torchvision resnet34's keys with placeholder values: enough to be recognised as the wrong ResNet."""
+    with torch.device("meta"):
+        names = torchvision.models.resnet34().state_dict()
+    return {k: torch.zeros(64, 3, 7, 7) if k == "conv1.weight" else torch.zeros(1) for k in names}
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "caffe2", "safetensors"])
+def test_wrong_architecture_is_named(tmp_path, fmt):
+    source = tmp_path / "resnet34.pth"
+    torch.save({"network": resnet34_names_only()}, source)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match=r"wrong architecture: stage depths \[3, 4, 6, 3\] \(basic blocks\)"):
+        run_export(ExportSpec(checkpoint=str(source), format=fmt, no_fc=True), out, RecordingReporter())
     assert not out.exists()
 
 
