@@ -180,7 +180,10 @@ def read_foreign(payload: Any, path: Path) -> LoadedBackbone | None:
 def read_backbone_file(payload: Any, path: Path) -> LoadedBackbone | None:
     if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
         return None
-    backbone = backbone_from_state(payload["state_dict"], f"backbone of '{path}'")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' is an OBoW Lab backbone file without its 'state_dict'; re-import the source")
+    backbone = backbone_from_state(state, f"backbone of '{path}'")
     extra: dict[str, Any] = {"source": payload.get("source", {})}
     if isinstance(payload.get("fc"), dict):
         extra["fc"] = payload["fc"]
