@@ -107,7 +107,7 @@ def new_run_page(
         kinds=kinds_service.kinds(),
         presets=list_presets(),
         preset=preset if preset in list_presets() else None,
-        schemas_json=json.dumps(schemas),
+        schemas_json=json.dumps(schemas).replace("</", "<\\/"),
         checkpoint_fields=json.dumps(list(kinds_service.CHECKPOINT_FIELDS)),
     )
     return _render("new_run.html", ctx)

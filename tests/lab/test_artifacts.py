@@ -12,7 +12,9 @@ from worker.tasks import execute_run
 
 
 def _trained(lab, steps: int = 3) -> dict:
-    run = lab.client.post("/api/v1/runs", json={"kind": "faketrain", "spec": {"steps": steps}}, headers=lab.auth)
+    run = lab.client.post(
+        "/api/v1/runs", json={"kind": "faketrain", "spec": {"steps": steps}}, headers=lab.auth
+    )
     assert run.status_code == 201
     assert execute_run(run.json()["id"], lab.settings) == "succeeded"
     return lab.client.get(f"/api/v1/runs/{run.json()['id']}").json()
@@ -62,7 +64,12 @@ def test_export_needs_a_checkpoint_and_a_known_format(lab):
         response = lab.client.post(f"/api/v1/runs/{parent['id']}/exports", json=body, headers=lab.auth)
         assert response.status_code == 422, body
         assert response.json()["detail"][0]["loc"] == loc
-    assert lab.client.post("/api/v1/runs/999/exports", json={"format": "torchvision"}, headers=lab.auth).status_code == 404
+    assert (
+        lab.client.post(
+            "/api/v1/runs/999/exports", json={"format": "torchvision"}, headers=lab.auth
+        ).status_code
+        == 404
+    )
     assert count_rows(lab, "runs") == 2
 
 
@@ -97,7 +104,9 @@ def test_download_refuses_foreign_missing_and_escaping_files(lab, tmp_path):
 def test_import_upload_then_evaluate_from_it(lab):
     payload = json.dumps({"step": 7, "weights": [1.0, 2.0]}).encode()
     response = lab.client.post(
-        "/api/v1/imports", params={"name": "official"}, content=payload,
+        "/api/v1/imports",
+        params={"name": "official"},
+        content=payload,
         headers={**lab.auth, "Content-Type": "application/octet-stream"},
     )
     assert response.status_code == 201, response.text
@@ -107,7 +116,9 @@ def test_import_upload_then_evaluate_from_it(lab):
     assert upload["kind"] == "import" and upload["name"] == "upload.pth"
     assert upload["sha256"] == hashlib.sha256(payload).hexdigest()
     assert execute_run(run["id"], lab.settings) == "succeeded"
-    export = lab.client.post(f"/api/v1/runs/{run['id']}/exports", json={"format": "torchvision"}, headers=lab.auth)
+    export = lab.client.post(
+        f"/api/v1/runs/{run['id']}/exports", json={"format": "torchvision"}, headers=lab.auth
+    )
     assert export.status_code == 201
     assert export.json()["spec"]["checkpoint"].endswith(f"runs/{run['id']}/imported.json")
 

@@ -42,7 +42,9 @@ def test_server_and_cli_refuse_an_unmigrated_database(tmp_path):
     assert result.exit_code == 2 and "obow lab db upgrade" in result.output
     result = CliRunner().invoke(lab, ["db", "upgrade"], env={"OBOW_LAB_HOME": str(tmp_path)})
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(lab, ["token", "create", "--name", "me"], env={"OBOW_LAB_HOME": str(tmp_path)})
+    result = CliRunner().invoke(
+        lab, ["token", "create", "--name", "me"], env={"OBOW_LAB_HOME": str(tmp_path)}
+    )
     assert result.exit_code == 0 and result.output.startswith("obow_")
 
 
@@ -56,8 +58,10 @@ def _naive_buckets(points: list[tuple[int, float]], max_points: int) -> list[tup
     out = []
     for index in sorted(buckets):
         members = buckets[index]
-        out += [(min(s for s, _ in members), min(v for _, v in members)),
-                (max(s for s, _ in members), max(v for _, v in members))]
+        out += [
+            (min(s for s, _ in members), min(v for _, v in members)),
+            (max(s for s, _ in members), max(v for _, v in members)),
+        ]
     return out
 
 
