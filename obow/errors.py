@@ -20,5 +20,5 @@ class CheckpointError(ObowError):
     pass
 
 
-class StopRequested(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StopRequested(Exception):
     """Raised inside a run when its reporter asks it to stop (cancellation, time budget)."""

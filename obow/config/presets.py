@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from obow.config.pretrain import PretrainSpec
 from obow.errors import ConfigError
 
-_PRESET_ROOT = resources.files("obow") / "presets"
+_PRESET_ROOT = Path(__file__).resolve().parent.parent / "presets"
 
 
 def list_presets() -> list[str]:

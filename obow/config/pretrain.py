@@ -112,6 +112,9 @@ class DataSpec(StrictModel):
     """Data and multi-crop settings; sizes default to the ImageNet ones of the paper."""
 
     dataset_name: DatasetName = "ImageNet"
+    data_dir: str | None = Field(
+        None, description="Dataset folder (ImageFolder root with train/ and val/, or the IDX files); None: default"
+    )
     batch_size: int = Field(256, ge=1, description="Total batch size over all processes")
     epoch_size: int | None = Field(None, ge=1, description="Resample the training set to this length")
     subset: int | None = Field(None, description="Keep the first N images of each class (-1/None: all)")
@@ -166,9 +169,14 @@ class DataSpec(StrictModel):
 class RuntimeSpec(StrictModel):
     """How to run, not what to learn: nothing here changes the method."""
 
-    seed: int | None = 0
+    seed: int = 0
     workers: int = Field(2, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_processes: int = Field(
+        1, ge=1, le=64, description="DDP processes on this node (one per GPU; gloo processes on CPU)"
+    )
+    dist_url: str | None = Field(None, description="torch.distributed init method; None: a free local port")
+    resume: bool = Field(True, description="Continue from the newest checkpoint in the output folder")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
@@ -179,6 +187,10 @@ class RuntimeSpec(StrictModel):
     max_iters_per_epoch: int | None = Field(None, ge=1, description="Cap on iterations per epoch (smoke runs)")
     time_budget_s: float | None = Field(None, gt=0, description="Stop cleanly after this many seconds")
     knn_monitor_every: int | None = Field(None, ge=1, description="kNN accuracy on held-out data every N epochs")
+    health_window: int = Field(50, ge=1, description="Steps over which vocabulary usage is summarised")
+    collapse_threshold: float = Field(
+        0.05, ge=0, le=1, description="Warn when fewer than this share of the words is used in a window"
+    )
     knn_monitor_train_size: int = Field(5000, ge=10)
     knn_monitor_test_size: int = Field(2000, ge=10)
 

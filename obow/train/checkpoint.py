@@ -9,6 +9,7 @@ checkpoint can never execute code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -53,10 +54,8 @@ def save_atomic(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -97,7 +96,8 @@ def load_training_checkpoint(path: Path, map_location: str | torch.device = "cpu
 
 
 def checkpoint_name(epoch: int, iteration_in_epoch: int | None = None) -> str:
-    return f"checkpoint_{epoch:04d}.pt" if not iteration_in_epoch else f"checkpoint_{epoch:04d}_it{iteration_in_epoch}.pt"
+    suffix = f"_it{iteration_in_epoch}" if iteration_in_epoch else ""
+    return f"checkpoint_{epoch:04d}{suffix}.pt"
 
 
 def list_checkpoints(exp_dir: Path) -> list[tuple[int, int, Path]]:

@@ -1,0 +1,394 @@
+"""OBoW pretraining: `run_pretrain(spec, out_dir, reporter)`, used by the CLI and the lab's worker.
+
+Resume is exact: the data order and every augmentation are functions of (seed, epoch, sample index),
+and the checkpoint holds the model (with its vocabulary buffers), the optimizer, the iteration and the
+RNG state, so an interrupted run continued from a checkpoint computes the same losses as one that was
+never interrupted (on CPU; GPU kernels are not bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from obow.config.pretrain import PretrainSpec
+from obow.errors import CheckpointError, ConfigError, StopRequested
+from obow.models.health import UsageWindow, mean_queue_age
+from obow.models.obow import OBoW, build_obow
+from obow.reporting import NullReporter, Reporter
+from obow.train import distributed as dist_utils
+from obow.train.checkpoint import (
+    FORMAT_VERSION,
+    PRETRAIN_FORMAT,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_checkpoint,
+    save_atomic,
+    sha256_of,
+)
+from obow.train.data import PretrainData, build_pretrain_data
+from obow.train.schedules import learning_rate
+
+
+class MeanMeter:
+    """Per-key running means; a key absent from some steps is averaged over the steps that had it."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: total / self.counts[key] for key, total in self.sums.items()}
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    iteration_in_epoch: int = 0  # completed iterations into `epoch`
+    global_iteration: int = 0
+
+
+def resolve_device(spec: PretrainSpec, local_rank: int) -> torch.device:
+    wanted = spec.runtime.device
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("runtime.device is 'cuda' but no GPU is visible; use runtime.device=cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Holds one process's model, optimizer and loader; `fit` runs the epochs."""
+
+    def __init__(self, spec: PretrainSpec, out_dir: Path, reporter: Reporter, rank: int = 0, world: int = 1):
+        self.spec, self.out_dir, self.reporter = spec, Path(out_dir), reporter
+        self.rank, self.world = rank, world
+        self.device = resolve_device(spec, rank)
+        torch.manual_seed(spec.runtime.seed)
+        random.seed(spec.runtime.seed)
+        self.data: PretrainData = build_pretrain_data(spec, rank=rank, world_size=world)
+        self.iters_per_epoch = self.data.iters_per_epoch
+        if self.iters_per_epoch < 1:
+            raise ConfigError(
+                f"the dataset ({self.data.num_samples} images) is smaller than one batch "
+                f"({spec.data.batch_size}); lower data.batch_size"
+            )
+        self.model: OBoW = build_obow(spec)
+        self.model.total_iterations = self.iters_per_epoch * spec.optim.num_epochs
+        if world > 1:
+            dist_utils.broadcast_buffers(self.model)  # one initial vocabulary for all ranks
+        self.model.to(self.device)
+        if spec.runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.network: nn.Module = self.model
+        if world > 1:
+            if self.device.type == "cuda":
+                self.model.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.student)
+                self.model.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.teacher)
+            # Buffers are not re-broadcast: the vocabulary stays identical across ranks because every rank
+            # inserts the same gathered features, which `check_ranks_agree` verifies.
+            self.network = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        if spec.runtime.compile:
+            self.model.student.compile()
+        o = spec.optim
+        self.optimizer = torch.optim.SGD(
+            self.model.trainable_parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+            nesterov=o.nesterov,
+        )
+        self.state = TrainState()
+        self.health = UsageWindow(
+            spec.model.per_level("num_words"), spec.runtime.health_window, spec.runtime.collapse_threshold
+        )
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def restore(self, path: Path) -> None:
+        payload = load_training_checkpoint(path, map_location=self.device)
+        saved = PretrainSpec.model_validate(payload["spec"])
+        for section in ("model", "optim", "data"):
+            ours, theirs = getattr(self.spec, section), getattr(saved, section)
+            if section == "data":
+                ours, theirs = ours.model_copy(update={"data_dir": None}), theirs.model_copy(update={"data_dir": None})
+            if ours != theirs:
+                raise CheckpointError(
+                    f"checkpoint '{path}' was trained with a different '{section}' config; resume with the "
+                    f"same config or choose another output folder"
+                )
+        try:
+            self.model.load_state_dict(payload["model"], strict=True)
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint '{path}' does not fit this model: {str(err).splitlines()[0]}") from None
+        self.state = TrainState(payload["epoch"], payload.get("iteration_in_epoch", 0), payload["iteration"])
+        if payload.get("rng") is not None:
+            _set_rng_state(payload["rng"])
+
+    def save(self) -> Path | None:
+        """Write the checkpoint of the current position (rank 0); prune superseded ones."""
+        if self.rank != 0:
+            return None
+        st = self.state
+        path = self.out_dir / checkpoint_name(st.epoch, st.iteration_in_epoch)
+        payload = {
+            "format": PRETRAIN_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "epoch": st.epoch,
+            "iteration_in_epoch": st.iteration_in_epoch,
+            "iteration": st.global_iteration,
+            "spec": self.spec.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+        }
+        previous = list_checkpoints(self.out_dir)
+        try:
+            save_atomic(payload, path)
+        except OSError as err:
+            kept = f"; the previous checkpoint '{previous[-1][2].name}' is intact" if previous else ""
+            raise CheckpointError(f"cannot write checkpoint '{path}': {err.strerror or err}{kept}") from None
+        permanent = self.spec.optim.permanent
+        for epoch, it, old in previous:
+            if old == path:
+                continue
+            if it == 0 and permanent and epoch % permanent == 0:
+                continue
+            old.unlink(missing_ok=True)
+        self.reporter.artifact(
+            path,
+            "checkpoint",
+            {
+                "epoch": st.epoch,
+                "iteration": st.global_iteration,
+                "size": path.stat().st_size,
+                "sha256": sha256_of(path),
+                "format": PRETRAIN_FORMAT,
+            },
+        )
+        return path
+
+    # -- training ----------------------------------------------------------------------------------
+    def _stop_requested(self, deadline: float | None) -> bool:
+        stop = self.reporter.should_stop() or (deadline is not None and time.monotonic() > deadline)
+        if self.world > 1:  # every rank must leave the loop at the same step
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag)
+            stop = bool(flag.item() > 0)
+        return stop
+
+    def _to_device(self, batch: tuple) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        teacher, groups, labels = batch
+        fmt = torch.channels_last if self.spec.runtime.channels_last else torch.contiguous_format
+        nb = self.device.type == "cuda"
+        teacher = teacher.to(self.device, non_blocking=nb).contiguous(memory_format=fmt)
+        groups = [g.to(self.device, non_blocking=nb) for g in groups]
+        return teacher, groups, labels.to(self.device, non_blocking=nb)
+
+    def fit(self) -> dict[str, Any]:
+        spec, st, rep = self.spec, self.state, self.reporter
+        total_iters = self.iters_per_epoch * spec.optim.num_epochs
+        deadline = time.monotonic() + spec.runtime.time_budget_s if spec.runtime.time_budget_s else None
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=spec.runtime.precision == "bf16")
+        last_values: dict[str, float] = {}
+        rep.progress(st.global_iteration, total_iters)
+        self.network.train()
+        while st.epoch < spec.optim.num_epochs:
+            epoch = st.epoch
+            window, epoch_meter = MeanMeter(), MeanMeter()
+            window_start, window_images = time.perf_counter(), 0
+            loader = self.data.loader(epoch, start_iteration=st.iteration_in_epoch)
+            for batch in loader:
+                if self._stop_requested(deadline):
+                    self.save()
+                    raise StopRequested(f"stopped at epoch {epoch} iteration {st.iteration_in_epoch}")
+                lr = learning_rate(spec.optim, epoch, st.iteration_in_epoch, self.iters_per_epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                teacher, groups, labels = self._to_device(batch)
+                with autocast:
+                    loss, values = self.network(teacher, groups, labels)
+                if not math.isfinite(float(loss)):
+                    raise FloatingPointError(
+                        f"loss became {float(loss)} at iteration {st.global_iteration}; lower optim.lr"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                st.iteration_in_epoch += 1
+                st.global_iteration += 1
+                values["lr"] = lr
+                window.add(values)
+                epoch_meter.add(values)
+                self._report_health()
+                window_images += teacher.shape[0] * self.world
+                if st.global_iteration % spec.runtime.print_freq == 0 or st.iteration_in_epoch == self.iters_per_epoch:
+                    elapsed = time.perf_counter() - window_start
+                    last_values = window.means()
+                    last_values["img_per_s"] = window_images / max(elapsed, 1e-9)
+                    last_values["epoch"] = epoch + st.iteration_in_epoch / self.iters_per_epoch
+                    if self.rank == 0:
+                        rep.metrics(st.global_iteration, last_values)
+                        rep.progress(st.global_iteration, total_iters)
+                        shown = ", ".join(
+                            f"{k}={last_values[k]:.4g}" for k in sorted(last_values) if k.startswith(("loss", "perp_b"))
+                        )
+                        rep.log(
+                            f"epoch {epoch + 1}/{spec.optim.num_epochs} it {st.iteration_in_epoch}/"
+                            f"{self.iters_per_epoch}: {shown}, lr={lr:.4g}, {last_values['img_per_s']:.1f} img/s"
+                        )
+                    window = MeanMeter()
+                    window_start, window_images = time.perf_counter(), 0
+                every = spec.runtime.save_every_iters
+                if every and st.global_iteration % every == 0 and st.iteration_in_epoch < self.iters_per_epoch:
+                    self.save()
+            st.epoch += 1
+            st.iteration_in_epoch = 0
+            summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
+            summary.update(self.epoch_end_monitors(st.epoch))
+            if self.rank == 0:
+                rep.metrics(st.global_iteration, summary)
+                rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
+            self.save()
+        return {"epochs": st.epoch, "iterations": st.global_iteration, "last_metrics": last_values}
+
+    def _report_health(self) -> None:
+        summary = self.health.add(self.model.last_usage_counts)
+        if summary is None or self.rank != 0:
+            return
+        for i, level in enumerate(self.model.bow_extractor.levels):
+            steps = int(level._track_num_batches.item())
+            summary[f"queue_age_lev@{i}"] = mean_queue_age(level.num_words, self.spec.data.batch_size, steps)
+            if summary[f"collapse_lev@{i}"]:
+                self.reporter.log(
+                    f"vocabulary collapse warning: level {self.model.bow_levels[i]} used only "
+                    f"{100 * summary[f'words_used_lev@{i}']:.1f}% of its {level.num_words} words over the last "
+                    f"{self.health.window} steps",
+                    "warning",
+                )
+        self.reporter.metrics(self.state.global_iteration, summary)
+
+    def epoch_end_monitors(self, completed_epochs: int) -> dict[str, float]:
+        every = self.spec.runtime.knn_monitor_every
+        if not every or completed_epochs % every or self.rank != 0:
+            return {}
+        from obow.train.monitor import knn_monitor
+
+        return knn_monitor(self.model.student, self.spec, self.device)
+
+
+def check_ranks_agree(model: OBoW, reporter: Reporter, when: str) -> None:
+    """All ranks must hold the same parameters, vocabularies and schedule buffers; fail loudly if not."""
+    tensors = [p.detach() for p in model.trainable_parameters()] + [
+        b for name, b in model.named_buffers() if name.startswith("bow_extractor.") or name in ("_alpha", "_iteration")
+    ]
+    local = torch.stack([t.double().sum() for t in tensors] + [t.double().abs().sum() for t in tensors])
+    gathered = dist_utils.gather_concat(local.unsqueeze(0))
+    worst = float((gathered - gathered[0:1]).abs().max())
+    scale = float(gathered.abs().max().clamp_min(1.0))
+    if worst > 1e-6 * scale:
+        raise RuntimeError(f"ranks disagree at the {when} of training (max difference {worst:.3g})")
+    reporter.log(f"cross-rank check at the {when} of training: {gathered.shape[0]} ranks agree")
+
+
+def _train_process(
+    rank: int, world: int, spec: PretrainSpec, out_dir: Path, reporter: Reporter, init_method: str | None
+) -> dict[str, Any]:
+    if world > 1:
+        backend = "nccl" if resolve_device(spec, rank).type == "cuda" else "gloo"
+        dist_utils.init_process_group(rank, world, backend, init_method or "")
+    try:
+        trainer = Trainer(spec, out_dir, reporter if rank == 0 else NullReporter(), rank, world)
+        latest = latest_checkpoint(out_dir) if spec.runtime.resume else None
+        if latest is not None:
+            trainer.restore(latest)
+            if rank == 0:
+                reporter.log(
+                    f"resumed from '{latest.name}' (epoch {trainer.state.epoch}, iteration "
+                    f"{trainer.state.global_iteration})"
+                )
+        if world > 1:
+            check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "start")
+        result = trainer.fit()
+        if world > 1:
+            check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "end")
+        dist_utils.barrier()
+        return result
+    finally:
+        if world > 1 and dist_utils.is_distributed():
+            torch.distributed.destroy_process_group()
+
+
+def _spawned_rank(rank: int, world: int, spec_json: dict, out_dir: str, init_method: str) -> None:
+    _train_process(rank, world, PretrainSpec.model_validate(spec_json), Path(out_dir), NullReporter(), init_method)
+
+
+def run_pretrain(spec: PretrainSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """Pretrain OBoW into `out_dir` (checkpoints, spec.yaml), resuming from its newest checkpoint.
+
+    With `runtime.num_processes > 1` this process is rank 0 (it keeps the reporter) and the other ranks
+    are spawned processes on the same node.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise CheckpointError(f"output folder '{out_dir}' is not writable")
+    import yaml
+
+    (out_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    world = spec.runtime.num_processes
+    if world == 1:
+        return _train_process(0, 1, spec, out_dir, reporter, None)
+    if spec.runtime.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() < world:
+        raise ConfigError(f"runtime.num_processes={world} but only {torch.cuda.device_count()} GPUs are visible")
+    init_method = spec.runtime.dist_url or f"tcp://127.0.0.1:{dist_utils.free_port()}"
+    ctx = torch.multiprocessing.get_context("spawn")
+    others = [
+        ctx.Process(target=_spawned_rank, args=(r, world, spec.model_dump(mode="json"), str(out_dir), init_method))
+        for r in range(1, world)
+    ]
+    for proc in others:
+        proc.start()
+    try:
+        result = _train_process(0, world, spec, out_dir, reporter, init_method)
+    except BaseException:
+        for proc in others:
+            proc.terminate()
+        raise
+    finally:
+        for proc in others:
+            proc.join()
+    failed = [p.exitcode for p in others if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} training process(es) exited with codes {failed}")
+    return result

@@ -1,0 +1,106 @@
+"""End-to-end pretraining on real Fashion-MNIST images with the tiny preset."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from obow.config import load_pretrain_config
+from obow.errors import CheckpointError, ConfigError, DataError, StopRequested
+from obow.reporting import RecordingReporter
+from obow.train.checkpoint import latest_checkpoint, list_checkpoints, load_training_checkpoint
+from obow.train.engine import run_pretrain
+
+TINY = ["data.epoch_size=128", "data.batch_size=16", "runtime.print_freq=1", "runtime.workers=0"]
+
+
+def tiny_spec(*extra: str):
+    return load_pretrain_config("FashionMNIST/tiny", [*TINY, *extra])
+
+
+def losses(reporter: RecordingReporter) -> list[tuple[int, float]]:
+    return reporter.series("loss_total")
+
+
+def test_loss_falls_and_checkpoints_are_written(tmp_path: Path):
+    spec = tiny_spec("optim.num_epochs=4", "data.epoch_size=256", "optim.lr=0.1")
+    rep = RecordingReporter()
+    result = run_pretrain(spec, tmp_path, rep)
+    assert result["epochs"] == 4 and result["iterations"] == 4 * 16
+    series = [v for _, v in rep.series("epoch/loss_total")]
+    assert len(series) == 4
+    assert series[-1] < series[0] - 0.05, series
+    # only the newest epoch checkpoint is kept (no `permanent`)
+    assert [e for e, _, _ in list_checkpoints(tmp_path)] == [4]
+    ckpt = load_training_checkpoint(latest_checkpoint(tmp_path))
+    assert ckpt["iteration"] == 64 and ckpt["epoch"] == 4
+    assert any(kind == "checkpoint" for _, kind, _ in rep.artifacts)
+    for key in ("perp_b_lev@0", "perp_i_lev@1", "lr", "alpha", "img_per_s", "loss_crop32", "loss_crop16"):
+        assert rep.series(key), key
+    # teacher momentum follows the cosine up to 1.0 at the last iteration
+    alphas = [v for _, v in rep.series("alpha")]
+    assert alphas[0] == pytest.approx(0.99, abs=1e-4) and alphas[-1] > 0.9999
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path):
+    spec = tiny_spec("optim.num_epochs=2", "runtime.save_every_iters=3")
+    straight = RecordingReporter()
+    run_pretrain(spec, tmp_path / "a", straight)
+
+    first = RecordingReporter(stop_after_metrics=5)  # stops mid-epoch 1, after iteration 5
+    with pytest.raises(StopRequested):
+        run_pretrain(spec, tmp_path / "b", first)
+    second = RecordingReporter()
+    run_pretrain(spec, tmp_path / "b", second)
+    assert any("resumed from" in msg for _, msg in second.logs)
+
+    expected = dict(losses(straight))
+    got = dict(losses(first)) | dict(losses(second))
+    assert sorted(got) == sorted(expected)
+    for step, value in expected.items():
+        assert got[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
+    a = load_training_checkpoint(latest_checkpoint(tmp_path / "a"))["model"]
+    b = load_training_checkpoint(latest_checkpoint(tmp_path / "b"))["model"]
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-6), key
+
+
+def test_two_process_gloo_run_keeps_vocabularies_identical(tmp_path: Path):
+    spec = tiny_spec("optim.num_epochs=1", "runtime.num_processes=2", "runtime.device=cpu")
+    rep = RecordingReporter()
+    result = run_pretrain(spec, tmp_path, rep)
+    assert result["iterations"] == 128 // 16
+    checks = [msg for _, msg in rep.logs if "cross-rank check" in msg]
+    assert len(checks) == 2 and all("2 ranks agree" in msg for msg in checks)
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path):
+    run_pretrain(tiny_spec("optim.num_epochs=1"), tmp_path, RecordingReporter())
+    with pytest.raises(CheckpointError, match="different 'model' config"):
+        run_pretrain(tiny_spec("optim.num_epochs=1", "model.bow_predictor_opts.kappa=7"), tmp_path, RecordingReporter())
+
+
+def test_corrupt_checkpoint_on_resume_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "checkpoint_0001.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a PyTorch checkpoint"):
+        run_pretrain(tiny_spec(), tmp_path, RecordingReporter())
+    torch.save({"network": {}}, tmp_path / "checkpoint_0001.pt")
+    with pytest.raises(CheckpointError, match="not an OBoW Lab training checkpoint"):
+        run_pretrain(tiny_spec(), tmp_path, RecordingReporter())
+
+
+def test_missing_or_empty_data_dir(tmp_path: Path):
+    with pytest.raises(DataError):
+        run_pretrain(tiny_spec(f"data.data_dir={tmp_path / 'nope'}"), tmp_path / "out", RecordingReporter())
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    with pytest.raises(DataError):
+        run_pretrain(
+            tiny_spec("data.dataset_name=ImageFolder", f"data.data_dir={empty}"), tmp_path / "out2", RecordingReporter()
+        )
+    assert latest_checkpoint(tmp_path / "out") is None and latest_checkpoint(tmp_path / "out2") is None
+
+
+def test_batch_larger_than_dataset(tmp_path: Path):
+    with pytest.raises(ConfigError, match="smaller than one batch"):
+        run_pretrain(tiny_spec("data.epoch_size=8"), tmp_path, RecordingReporter())
