@@ -89,6 +89,7 @@ class DbReporter:
         self.flush()
         with self._maker() as session:
             artifacts_service.record(session, self._root, self._run_id, Path(path), kind, meta)
+            artifacts_service.forget_deleted(session, self._root, self._run_id, kind)
             session.commit()
 
     def should_stop(self) -> bool:

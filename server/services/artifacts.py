@@ -60,6 +60,13 @@ def record(
     return row
 
 
+def forget_deleted(session: Session, artifact_root: Path, run_id: int, kind: str) -> None:
+    """Drop rows whose file the run itself removed (pretraining keeps only its newest checkpoint)."""
+    for row in session.scalars(select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == kind)):
+        if not (artifact_root / row.path).exists():
+            session.delete(row)
+
+
 def to_out(row: Artifact) -> ArtifactOut:
     return ArtifactOut(
         id=row.id,

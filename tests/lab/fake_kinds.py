@@ -93,5 +93,8 @@ KINDS = {
 }
 
 
-def register() -> None:
-    runs.RUN_KINDS.update(KINDS)
+def register(keep_real: bool = False) -> None:
+    """With keep_real, kinds the library already has (a real `export`) are left alone."""
+    for kind, targets in KINDS.items():
+        if not (keep_real and kind in runs.RUN_KINDS):
+            runs.RUN_KINDS[kind] = targets
