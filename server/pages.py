@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from obow.config import list_presets
 from server.api.deps import SESSION_COOKIE, DbDep, SettingsDep, current_session_token
+from server.services import events as events_service
 from server.services import kinds as kinds_service
 from server.services import runs as runs_service
 from server.services import tokens
@@ -133,6 +134,8 @@ def run_page(request: Request, run_id: int, db: DbDep, settings: SettingsDep) ->
         children=children,
         child_kinds=child_kinds,
         can_export="export" in kinds_service.kinds(),
+        # the stream starts where this render stands, so nothing falls between history and live events
+        cursor=str(events_service.start_cursor(db)),
     )
     return _render("run.html", ctx)
 

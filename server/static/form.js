@@ -215,7 +215,8 @@
     if (presetSelect.value) applyPreset();
   }
 
-  form.addEventListener("change", (event) => {
+  // validate as you type (not on blur: a layout change under the pointer would swallow the click on Launch)
+  form.addEventListener("input", (event) => {
     const input = event.target;
     if (!input.dataset || !input.dataset.mode) return;
     const slot = form.querySelector(`[data-error-for="${CSS.escape(input.dataset.path)}"]`);

@@ -129,7 +129,7 @@
   }
 
   function subscribe() {
-    const source = new EventSource(`/api/v1/runs/${runId}/events`);
+    const source = new EventSource(`/api/v1/runs/${runId}/events?after=${encodeURIComponent(root.dataset.cursor)}`);
     source.addEventListener("metrics", (e) => { series.add(JSON.parse(e.data).points); scheduleRender(); });
     source.addEventListener("logs", (e) => appendLogs(JSON.parse(e.data).lines));
     source.addEventListener("state", (e) => {
@@ -156,7 +156,7 @@
   $("artifacts").addEventListener("click", (e) => { if (e.target.classList.contains("convert")) startExport(); });
 
   (async () => {
-    subscribe(); // first, so nothing between the history read and the stream is lost
+    subscribe(); // from the cursor of the page's render: history and stream overlap, never leave a gap
     await loadExportFormats();
     await Promise.all([loadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
     // artifacts and child runs change without a state event of this run: refresh them while anything moves

@@ -3,6 +3,14 @@ enqueuer, a token. PostgreSQL and Redis must be up (scripts/services.sh): tests 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,11 +18,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from server.app import create_app
-from server.db import make_engine, upgrade
+from server.db import make_engine, make_sessionmaker, upgrade
 from server.models import Base, Run
 from server.services import tokens
 from server.settings import Settings
@@ -22,6 +32,7 @@ from tests.lab import fake_kinds
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/15"
+REPO = Path(__file__).resolve().parents[2]
 
 fake_kinds.register()
 
@@ -129,3 +140,86 @@ def count_rows(lab: Lab, table: str) -> int:
 
 def artifact_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@dataclass
+class Live:
+    url: str
+    token: str
+    settings: Settings
+    worker_log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
+    """uvicorn in a thread and a worker process, on Redis+PostgreSQL or the embedded SQLite pair."""
+    if mode.startswith("redis"):
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).flushdb()
+        except redis.ConnectionError as err:
+            pytest.fail(f"Redis at 127.0.0.1:6379 is unreachable (run scripts/services.sh): {err}")
+        db_url, broker = request.getfixturevalue("pg_url"), REDIS_URL
+        upgrade(db_url)
+        _truncate(db_url)
+    else:
+        db_url, broker = f"sqlite:///{tmp_path / 'lab.db'}", f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+        upgrade(db_url)
+    settings = Settings(
+        home=tmp_path,
+        database_url=db_url,
+        broker_url=broker,
+        artifact_root_dir=tmp_path / "artifacts",
+        secret_key_value="integration",
+    )
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        token = tokens.create_token(session, "integration")
+    engine.dispose()
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DATABASE_URL": db_url,
+        "CELERY_BROKER_URL": broker,
+        "ARTIFACT_ROOT": str(settings.artifact_root),
+        "OBOW_LAB_HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.worker_main"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", token, settings, worker_log)
+    finally:
+        server.should_exit = True
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        thread.join(timeout=3)
+        if thread.is_alive():  # an SSE stream still open: stop without waiting for it
+            server.force_exit = True
+            thread.join(timeout=10)

@@ -130,15 +130,26 @@ async def stream_events(
     request: Request,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            description="Start after this event id (pages pass the id of "
+            "their first render; a reconnect's Last-Event-ID wins)"
+        ),
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `metrics`, `logs` and `state`; reconnecting with `Last-Event-ID` resumes.
-    The stream ends once the run is finished and everything was sent."""
+    Without either id the stream starts from now. It ends once the run is finished and all was sent."""
     maker = request.app.state.sessionmaker
 
     def first_cursor() -> events_service.Cursor:
         with maker() as session:
             runs_service.get_run(session, run_id)
-            return events_service.Cursor.parse(last_event_id) or events_service.start_cursor(session)
+            return (
+                events_service.Cursor.parse(last_event_id)
+                or events_service.Cursor.parse(after)
+                or events_service.start_cursor(session)
+            )
 
     def poll(cursor: events_service.Cursor):
         with maker() as session:
