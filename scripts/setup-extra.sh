@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lab's extra installs (called by scripts/setup.sh): the dashboard's chart library from npm into
-# server/static/vendor (not kept in git), and Debian's chromium for the Playwright browser test.
+# server/static/vendor (not kept in git), and Debian's chromium for the Playwright browser test
+# (SKIP_CHROMIUM=1 leaves it out, as the Docker image does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ if [ ! -f "$VENDOR/uPlot.iife.min.js" ] || ! grep -q "$UPLOT_VERSION" "$VENDOR/V
     rm -rf "$tmp"
 fi
 
-if [ ! -x /usr/bin/chromium ]; then
+if [ -z "${SKIP_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ]; then
         if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; then
             apt-get update -qq >/dev/null
