@@ -5,7 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends npm dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
-RUN useradd --create-home --uid 1000 obow
+RUN useradd --create-home --uid 1000 obow && mkdir /artifacts && chown obow /artifacts
 WORKDIR /app
 
 # PyTorch wheels with CUDA; pinned like the rest of the project.
@@ -22,6 +22,6 @@ RUN pip install -e . \
     && apt-get purge -y npm && apt-get autoremove -y
 
 USER obow
-ENV OBOW_LAB_HOST=0.0.0.0 ARTIFACT_ROOT=/artifacts
+ENV OBOW_LAB_HOST=0.0.0.0 ARTIFACT_ROOT=/artifacts OBOW_LAB_HOME=/home/obow/lab
 EXPOSE 8000
 CMD ["obow", "lab", "serve"]
