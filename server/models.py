@@ -119,6 +119,23 @@ class Metric(Base):
     time: Mapped[float] = mapped_column(Float)
 
 
+class MetricBlock(Base):
+    """Min/max/count of one key over a fixed run of steps (`level` 0: 64 steps, 1: 4096 steps), kept up
+    to date at ingestion, so a downsampled read of a long series touches thousands of rows, not millions."""
+
+    __tablename__ = "metric_blocks"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+
+
 class LogLine(Base):
     __tablename__ = "log_lines"
     __table_args__ = (Index("ix_log_lines_run_id_id", "run_id", "id"),)

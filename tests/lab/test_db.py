@@ -48,23 +48,6 @@ def test_server_and_cli_refuse_an_unmigrated_database(tmp_path):
     assert result.exit_code == 0 and result.output.startswith("obow_")
 
 
-def _naive_buckets(points: list[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
-    steps = [s for s, _ in points]
-    lo, hi = min(steps), max(steps)
-    nb = max_points // 2
-    buckets: dict[int, list[tuple[int, float]]] = {}
-    for step, value in points:
-        buckets.setdefault((step - lo) * nb // (hi - lo + 1), []).append((step, value))
-    out = []
-    for index in sorted(buckets):
-        members = buckets[index]
-        out += [
-            (min(s for s, _ in members), min(v for _, v in members)),
-            (max(s for s, _ in members), max(v for _, v in members)),
-        ]
-    return out
-
-
 def test_downsampling_keeps_each_buckets_min_and_max(db_url):
     engine = make_engine(db_url)
     maker = make_sessionmaker(engine)
@@ -78,12 +61,26 @@ def test_downsampling_keeps_each_buckets_min_and_max(db_url):
         metrics_service.ingest(session, run.id, [("loss", s, v, 0.0) for s, v in points])
         metrics_service.ingest(session, run.id, [("other", s, 1.0, 0.0) for s, _ in points[:5]])
         session.commit()
-        steps, values, down, total = metrics_service.series(session, run.id, "loss", 200)
-        assert down and total == len(points) and len(steps) <= 200
-        expected = _naive_buckets(points, 200)
-        assert steps == [s for s, _ in expected]
-        assert values == pytest.approx([v for _, v in expected])
-        assert max(values) == 25.0 and min(values) == min(v for _, v in points)
+        # 200 points: bucketed by the database; 40 points: bucketed from the stored blocks
+        for max_points in (200, 40):
+            steps, values, down, total = metrics_service.series(session, run.id, "loss", max_points)
+            assert down and total == len(points) and max_points // 2 <= len(steps) <= max_points
+            assert steps == sorted(steps) and max(values) == 25.0
+            assert min(values) == min(v for _, v in points)
+            # every pair (first step, min), (last step, max) is exact for the points between those
+            # steps, and the pairs cover every point once (checked against the raw list)
+            covered = 0
+            for first, vmin, last, vmax in zip(
+                steps[::2], values[::2], steps[1::2], values[1::2], strict=True
+            ):
+                inside = [v for s, v in points if first <= s <= last]
+                covered += len(inside)
+                assert first < last and (vmin, vmax) == pytest.approx((min(inside), max(inside)))
+            assert covered == len(points)
+        window = metrics_service.series(session, run.id, "loss", 40, step_min=100, step_max=2000)
+        inside = [(s, v) for s, v in points if 100 <= s <= 2000]
+        assert window[2] and window[3] == len(inside) and window[0][0] == inside[0][0]
+        assert window[0][-1] == inside[-1][0] and max(window[1]) == 25.0
         full = metrics_service.series(session, run.id, "loss", 200, step_min=300, step_max=600)
         assert not full[2] and full[0] == list(range(300, 601, 3))
         assert metrics_service.series(session, run.id, "other", 200)[1] == [1.0] * 5
