@@ -14,6 +14,8 @@ fi
 stamp=.venv/.obow-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[test]'
+    # 20 labelled ImageNet/CIFAR sample photos for smoke tests of the RGB 224-px pipeline
+    .venv/bin/pip install -q --no-deps foolbox==3.3.4
     touch "$stamp"
 fi
 

@@ -104,3 +104,25 @@ def test_missing_or_empty_data_dir(tmp_path: Path):
 def test_batch_larger_than_dataset(tmp_path: Path):
     with pytest.raises(ConfigError, match="smaller than one batch"):
         run_pretrain(tiny_spec("data.epoch_size=8"), tmp_path, RecordingReporter())
+
+
+def test_knn_monitor_gives_a_quality_curve(tmp_path: Path):
+    spec = tiny_spec(
+        "optim.num_epochs=2",
+        "runtime.knn_monitor_every=1",
+        "runtime.knn_monitor_train_size=200",
+        "runtime.knn_monitor_test_size=100",
+    )
+    rep = RecordingReporter()
+    run_pretrain(spec, tmp_path, rep)
+    curve = rep.series("knn_acc@1")
+    assert [step for step, _ in curve] == [8, 16]
+    assert all(10.0 < acc <= 100.0 for _, acc in curve)  # better than chance on 10 classes
+
+
+def test_vocabulary_health_is_reported(tmp_path: Path):
+    rep = RecordingReporter()
+    run_pretrain(tiny_spec("optim.num_epochs=1", "runtime.health_window=4"), tmp_path, rep)
+    used = rep.series("words_used_lev@1")
+    assert len(used) == 2 and all(0.0 < v <= 1.0 for _, v in used)
+    assert rep.series("queue_age_lev@0") and rep.series("usage_entropy_lev@0")

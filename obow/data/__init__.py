@@ -1,0 +1,1 @@
+"""Datasets and the OBoW multi-crop views."""
