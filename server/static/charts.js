@@ -19,12 +19,17 @@ const Charts = {
     return uPlot.join(tables);
   },
 
-  create(container, title, labels, data) {
-    const box = document.createElement("div");
-    box.className = "chart";
-    box.dataset.title = title;
-    box.innerHTML = `<h3>${Lab.esc(title)}</h3>`;
-    container.appendChild(box);
+  // A new chart box in `container`, or a fresh plot in an existing box (when its series changed).
+  create(container, title, labels, data, box) {
+    if (box) {
+      if (box.plot) box.plot.destroy();
+    } else {
+      box = document.createElement("div");
+      box.className = "chart";
+      box.dataset.title = title;
+      box.innerHTML = `<h3>${Lab.esc(title)}</h3>`;
+      container.appendChild(box);
+    }
     const width = Math.max(320, box.clientWidth || container.clientWidth || 480);
     const options = {
       width, height: 240,
@@ -35,9 +40,8 @@ const Charts = {
         value: (_, v) => (v === null || v === undefined ? "" : Lab.num(v)),
       }))),
     };
-    const plot = new uPlot(options, data, box);
-    box.plot = plot;
-    return plot;
+    box.plot = new uPlot(options, data, box);
+    return box.plot;
   },
 };
 

@@ -46,8 +46,9 @@
         existing.plot.setData(data);
         continue;
       }
-      if (existing) { existing.plot.destroy(); existing.plot.root.parentNode.remove(); }
-      charts.set(group, { plot: Charts.create(container, group, keys, data), keys });
+      const box = existing ? existing.box : undefined;
+      const plot = Charts.create(container, group, keys, data, box);
+      charts.set(group, { plot, keys, box: plot.root.parentNode });
     }
   }
 
@@ -166,6 +167,6 @@
       if (busy || childBusy) await loadDetail();
       if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
     }, 2000);
-    window.addEventListener("resize", () => { for (const { plot } of charts.values()) plot.setSize({ width: plot.root.parentNode.clientWidth, height: 240 }); });
+    window.addEventListener("resize", () => { for (const { plot, box } of charts.values()) plot.setSize({ width: box.clientWidth, height: 240 }); });
   })();
 })();

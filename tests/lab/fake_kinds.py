@@ -61,9 +61,10 @@ class FakeExportSpec(BaseModel):
 
 
 def run_fakeexport(spec: FakeExportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
-    data = json.loads(Path(spec.checkpoint).read_text())
-    target = out_dir / f"weights_{spec.format}.json"
-    target.write_text(json.dumps({"format": spec.format, "weights": data["weights"][::-1]}))
+    """Any checkpoint file (a fake trainer's JSON or a real .pt) behind a one-line header."""
+    raw = Path(spec.checkpoint).read_bytes()
+    target = out_dir / f"weights_{spec.format}.bin"
+    target.write_bytes(f"fake-export {spec.format}\n".encode() + raw)
     reporter.artifact(target, "export", {"format": spec.format, "rgb_to_bgr": spec.rgb_to_bgr})
     return {"sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
 

@@ -17,7 +17,7 @@ from tests.lab.conftest import Live, start_live
 
 REPO = Path(__file__).resolve().parents[2]
 # A tiny real pretraining: 1 epoch of 4 iterations on Fashion-MNIST.
-PRETRAIN_REAL = {
+PRETRAIN = {
     "kind": "pretrain",
     "preset": "FashionMNIST/tiny",
     "spec": {
@@ -26,9 +26,6 @@ PRETRAIN_REAL = {
         "runtime": {"print_freq": 1, "workers": 0, "device": "cpu"},
     },
 }
-
-# Until the pretraining engine is on this branch, the same flow with the fake trainer.
-PRETRAIN = {"kind": "faketrain", "spec": {"steps": 4, "sleep_s": 0.2}}
 
 
 @pytest.fixture(params=["redis+postgresql", "sqlite-broker+sqlite"])
@@ -47,12 +44,12 @@ def _wait_state(client: LabClient, run_id: int, state: str, timeout: float) -> d
 
 def test_worker_trains_streams_exports_and_downloads(live, tmp_path):
     with LabClient(live.url, live.token) as client:
-        run = client.submit(**{k: v for k, v in PRETRAIN.items()})
+        run = client.submit(**PRETRAIN)
         points = list(client.stream_metrics(run["id"], timeout=180))
         done = client.run(run["id"])
         assert done["state"] == "succeeded", (done["error"], live.worker_log.read_text()[-3000:])
-        losses = [(step, value) for key, step, value in points if key == "loss"]
-        assert [s for s, _ in losses] == list(range(0, 4)) and all(v > 0 for _, v in losses)
+        losses = [(step, value) for key, step, value in points if key == "loss_total"]
+        assert [s for s, _ in losses][:4] == list(range(1, 5)) and all(v > 0 for _, v in losses)
         (attempt,) = done["attempts"]
         assert attempt["outcome"] == "succeeded" and attempt["pid"] != os.getpid()
         assert (done["progress_done"], done["progress_total"]) == (4, 4)
