@@ -1,12 +1,16 @@
 // Metric charts on uPlot: series kept per key (step -> value), grouped into charts by what they measure.
 "use strict";
 const Charts = {
+  // Chart a key belongs to: by what it measures; per-epoch summaries ("epoch/...") get their own charts.
   groupOf(key) {
-    if (/perplex|ppl/i.test(key)) return "perplexity";
-    if (/acc|knn|top1|top5|map/i.test(key)) return "accuracy";
-    if (/loss/i.test(key)) return "loss";
-    if (/^lr$|^lr[_/]|learning_rate/i.test(key)) return "learning rate";
-    return "other";
+    const summary = key.startsWith("epoch/");
+    const name = summary ? key.slice(6) : key;
+    let group = "other";
+    if (/perplex|ppl|^perp_/i.test(name)) group = "perplexity";
+    else if (/acc|knn|top1|top5|map/i.test(name)) group = "accuracy";
+    else if (/loss/i.test(name)) group = "loss";
+    else if (/^lr$|^lr[_/]|learning_rate/i.test(name)) group = "learning rate";
+    return summary ? `${group} (epoch means)` : group;
   },
 
   colors: ["#2f6fdf", "#e4572e", "#29a36a", "#a23bec", "#f2a541", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"],

@@ -51,7 +51,7 @@
         const set = document.createElement("fieldset");
         set.dataset.path = fieldPath;
         if ("default" in rawProp) set.dataset.default = JSON.stringify(rawProp.default);
-        set.innerHTML = `<legend>${Lab.esc(title(name, prop))}</legend><div class="field-error" data-error-for="${fieldPath}"></div>`;
+        set.innerHTML = `<legend>${Lab.esc(rawProp.title || name)}</legend><div class="field-error" data-error-for="${fieldPath}"></div>`;
         buildFields(set, variants[0], root, fieldPath);
         container.appendChild(set);
         continue;

@@ -52,7 +52,8 @@ const Lab = {
   // The number a runs list shows: an accuracy if there is one, else the loss, else anything.
   keyMetric(last) {
     const keys = Object.keys(last || {});
-    const pick = keys.find((k) => /acc|top1/i.test(k)) || keys.find((k) => /^loss/i.test(k)) || keys[0];
+    const pick = keys.find((k) => /knn/i.test(k)) || keys.find((k) => /acc|top1/i.test(k))
+      || keys.find((k) => /^loss_total$/.test(k)) || keys.find((k) => /^loss/i.test(k)) || keys[0];
     return pick ? `${pick} ${Lab.num(last[pick])}` : "";
   },
 

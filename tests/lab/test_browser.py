@@ -98,6 +98,8 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         ".some(c => c.dataset.title === 'loss' && c.plot.data[0].length >= 16)"
     )
     expect(page.locator("#progress-text")).to_have_text("16 / 16")
+    expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#retry")).to_be_hidden()
 
     page.select_option("#export-format", "safetensors")
     page.click('#export-form button[type="submit"]')
@@ -112,3 +114,8 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         (artifact,) = client.artifacts(export["id"])
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == artifact["sha256"]
     assert artifact["format"] == "safetensors"
+
+    # the compare page overlays the run's loss (the only run here)
+    page.goto(f"{live.url}/compare?ids={run_id}&key=loss_total")
+    page.wait_for_function("() => { const c = document.querySelector('#compare-chart .chart'); return c && c.plot; }")
+    assert page.evaluate("() => document.querySelector('#compare-chart .chart').plot.data[1].length") >= 16
