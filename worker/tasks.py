@@ -56,7 +56,7 @@ def claim(maker, run_id: int, heartbeat_timeout_s: float) -> bool:
 
 
 def _seed_from_retry(maker, run: Run, out_dir: Path, root: Path) -> None:
-    """A retried pretraining starts from the old run's latest checkpoint (hard link, else copy)."""
+    """A retried run starts from the old run's latest checkpoint (copied into its empty directory)."""
     if run.retry_of_id is None or any(out_dir.iterdir()):
         return
     with maker() as session:
@@ -70,10 +70,8 @@ def _seed_from_retry(maker, run: Run, out_dir: Path, root: Path) -> None:
     source = (root / ckpt.path).resolve()
     if not source.is_file() or not source.is_relative_to(root):
         return
-    try:
-        os.link(source, out_dir / source.name)
-    except OSError:
-        shutil.copy2(source, out_dir / source.name)
+    # a copy, not a hard link: a library that rewrote the file in place would change the old run's artifact
+    shutil.copy2(source, out_dir / source.name)
 
 
 def execute_run(run_id: int, settings: Settings | None = None) -> str:

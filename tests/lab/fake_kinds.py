@@ -26,7 +26,8 @@ class FakeTrainSpec(BaseModel):
     steps: int = Field(20, ge=1, le=100_000)
     sleep_s: float = Field(0.0, ge=0, le=5)
     lr: float = Field(0.1, gt=0)
-    fail_at: int | None = Field(None, ge=0, description="Raise a user error at this step")
+    fail_at: int | None = Field(None, ge=0, description="Raise a user error at this step (fresh starts only)")
+    checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every N steps")
     data_dir: str | None = None
 
 
@@ -38,7 +39,10 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
         reporter.log(f"resuming from step {start}")
     for step in range(start, spec.steps):
         check_stop(reporter)
-        if spec.fail_at is not None and step == spec.fail_at:
+        if spec.checkpoint_every and step and step % spec.checkpoint_every == 0:
+            ckpt.write_text(json.dumps({"step": step, "weights": [0.5] * 64}))
+            reporter.artifact(ckpt, "checkpoint", {"step": step})
+        if spec.fail_at is not None and step == spec.fail_at and start == 0:
             raise ConfigError(f"fail_at reached at step {step}")
         reporter.metrics(step, {"loss": 1.0 / (step + 1), "lr": spec.lr})
         reporter.progress(step + 1, spec.steps)

@@ -151,6 +151,21 @@ def test_failure_keeps_the_error(lab):
     assert detail["attempts"][0]["error"] == detail["error"]
 
 
+def test_retry_resumes_from_the_failed_runs_checkpoint(lab):
+    run = _submit(lab, kind="faketrain", spec={"steps": 10, "fail_at": 7, "checkpoint_every": 5})
+    assert execute_run(run["id"], lab.settings) == "failed"
+    (ckpt,) = lab.client.get(f"/api/v1/runs/{run['id']}/artifacts").json()
+    assert ckpt["options"] == {"step": 5}
+    retry = lab.client.post(f"/api/v1/runs/{run['id']}/retry", headers=lab.auth).json()
+    assert execute_run(retry["id"], lab.settings) == "succeeded"
+    logs = [line["message"] for line in lab.client.get(f"/api/v1/runs/{retry['id']}/logs").json()]
+    assert "resuming from step 5" in logs
+    steps = lab.client.get(f"/api/v1/runs/{retry['id']}/metrics", params={"keys": "loss"}).json()["series"][0]
+    assert steps["steps"] == list(range(5, 10))
+    # the old run's file is untouched and still downloadable
+    assert lab.client.get(ckpt["download_url"]).json()["step"] == 5
+
+
 def test_cancel_stops_a_running_run(lab):
     run = _submit(lab, kind="faketrain", spec={"steps": 1000, "sleep_s": 0.01})
     outcome: list[str] = []
