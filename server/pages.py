@@ -40,7 +40,8 @@ def _render(name: str, context: dict[str, Any], status: int = 200) -> HTMLRespon
 
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request, db: DbDep, settings: SettingsDep) -> HTMLResponse:
-    return _render("runs.html", _context(request, db, settings, kinds=kinds_service.kinds()))
+    kinds = kinds_service.kinds()
+    return _render("runs.html", _context(request, db, settings, kinds=kinds, can_import="import" in kinds))
 
 
 @router.get("/login", response_class=HTMLResponse)

@@ -48,6 +48,25 @@
   filters.addEventListener("change", () => { offset = 0; refresh(); });
   prev.addEventListener("click", () => { offset = Math.max(0, offset - pageSize); refresh(); });
   next.addEventListener("click", () => { offset += pageSize; refresh(); });
+  const importForm = document.getElementById("import-form");
+  if (importForm) {
+    importForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const file = document.getElementById("import-file").files[0];
+      const name = document.getElementById("import-name").value;
+      const status = document.getElementById("import-status");
+      if (!file) return;
+      status.textContent = "Uploading…";
+      const response = await fetch(`/api/v1/imports?name=${encodeURIComponent(name)}`, {
+        method: "POST", body: file, credentials: "same-origin",
+        headers: { "Content-Type": "application/octet-stream", "X-CSRF-Token": Lab.csrf },
+      });
+      let data = null;
+      try { data = await response.json(); } catch (_) { data = null; }
+      if (response.ok) { location.href = `/runs/${data.id}`; return; }
+      status.textContent = Lab.errorText({ status: response.status, data });
+    });
+  }
   refresh();
   setInterval(refresh, 3000);
 })();

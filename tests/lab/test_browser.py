@@ -115,6 +115,17 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == artifact["sha256"]
     assert artifact["format"] == "safetensors"
 
+    # an official checkpoint uploaded from the runs list becomes an import run
+    upload = tmp_path / "official.pth"
+    upload.write_bytes(b'{"step": 1, "weights": [1.0]}')
+    page.goto(f"{live.url}/")
+    page.set_input_files("#import-file", str(upload))
+    page.fill("#import-name", "official")
+    page.click('#import-form button[type="submit"]')
+    page.wait_for_url(re.compile(r"/runs/\d+$"))
+    expect(page.locator("#state")).to_have_text("succeeded", timeout=60_000)
+    expect(page.locator("#artifacts")).to_contain_text("imported.json")
+
     # the compare page overlays the run's loss (the only run here)
     page.goto(f"{live.url}/compare?ids={run_id}&key=loss_total")
     page.wait_for_function("() => { const c = document.querySelector('#compare-chart .chart'); return c && c.plot; }")
