@@ -18,6 +18,9 @@ from obow.reporting import Reporter
 # kind -> ("module:SpecClass", "module:entry_point")
 RUN_KINDS: dict[str, tuple[str, str]] = {
     "pretrain": ("obow.config.pretrain:PretrainSpec", "obow.train.engine:run_pretrain"),
+    "export": ("obow.config.export:ExportSpec", "obow.export.run:run_export"),
+    "import": ("obow.config.export:ImportSpec", "obow.export.run:run_import"),
+    "words": ("obow.config.words:WordsSpec", "obow.analysis.run_words:run_words"),
 }
 
 

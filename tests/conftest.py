@@ -15,3 +15,19 @@ def _torch_threads():
         return
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A real (one short epoch) OBoW Lab training checkpoint of the tiny Fashion-MNIST preset."""
+    from obow.config import load_pretrain_config
+    from obow.reporting import NullReporter
+    from obow.train.checkpoint import latest_checkpoint
+    from obow.train.engine import run_pretrain
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    spec = load_pretrain_config(
+        "FashionMNIST/tiny", ["data.epoch_size=64", "data.batch_size=16", "optim.num_epochs=1", "runtime.workers=0"]
+    )
+    run_pretrain(spec, out, NullReporter())
+    return latest_checkpoint(out)

@@ -74,6 +74,8 @@ def _read_lab_checkpoint(payload: Any, path: Path) -> LoadedBackbone | None:
 
 def load_backbone(path: Path | str, map_location: str | torch.device = "cpu") -> LoadedBackbone:
     """The student backbone of a checkpoint, in eval mode, whatever the file's format."""
+    import obow.export.official  # noqa: F401  (registers the official/torchvision/backbone readers)
+
     path = Path(path)
     payload = load_file(path, map_location)
     for reader in _READERS:

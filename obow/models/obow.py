@@ -125,33 +125,34 @@ class OBoW(nn.Module):
             )
 
         self.last_usage_counts = [stats.pop("usage_counts") for stats in level_stats]
-        values: dict[str, float] = {"alpha": alpha}
-        total = teacher_img.new_zeros(())
+        # Monitoring values stay tensors until one transfer at the end: one device sync per step.
+        watched: dict[str, torch.Tensor] = {}
+        total = teacher_img.new_zeros((), dtype=torch.float32)
         for group, level_logits in zip(crop_groups, logits_per_type, strict=True):
             n, size = group.shape[1], group.shape[-1]
             per_level = [
-                bow_ops.bow_loss(logits, bow_ops.expand_target(target, n))
+                bow_ops.bow_loss(logits.float(), bow_ops.expand_target(target, n))
                 for logits, target in zip(level_logits, targets, strict=True)
             ]
             loss = torch.stack(per_level).mean()
             total = total + loss
             key = f"loss_crop{size}"
-            values[key] = values.get(key, 0.0) + float(loss.detach())
+            watched[key] = watched[key] + loss.detach() if key in watched else loss.detach()
 
         for i, (target, stats) in enumerate(zip(targets, level_stats, strict=True)):
-            perp_b, perp_i = bow_ops.bow_perplexity(target)
-            values[f"perp_b_lev@{i}"] = float(perp_b)
-            values[f"perp_i_lev@{i}"] = float(perp_i)
-            values[f"min_distance_lev@{i}"] = stats["min_distance"]
-            values[f"temperature_mu_lev@{i}"] = float(self.bow_extractor.levels[i]._min_distance_mean)
+            watched[f"perp_b_lev@{i}"], watched[f"perp_i_lev@{i}"] = bow_ops.bow_perplexity(target)
+            watched[f"min_distance_lev@{i}"] = stats["min_distance"]
+            watched[f"temperature_mu_lev@{i}"] = self.bow_extractor.levels[i]._min_distance_mean[0]
 
         if self.linear_classifier is not None and labels is not None:
-            scores = self.linear_classifier(teacher_maps[self.bow_levels[-1]].detach())
+            scores = self.linear_classifier(teacher_maps[self.bow_levels[-1]].detach().float())
             monitor = F.cross_entropy(scores, labels)
             total = total + monitor
-            values["loss_cls"] = float(monitor.detach())
-            values["linear_acc@1"] = float((scores.argmax(1) == labels).float().mean() * 100)
-        values["loss_total"] = float(total.detach())
+            watched["loss_cls"] = monitor.detach()
+            watched["linear_acc@1"] = (scores.argmax(1) == labels).float().mean() * 100
+        watched["loss_total"] = total.detach()
+        numbers = torch.stack([v.float().reshape(()) for v in watched.values()]).tolist()
+        values = {"alpha": alpha, **dict(zip(watched, numbers, strict=True))}
         return total, values
 
     @torch.no_grad()

@@ -58,7 +58,7 @@ class VocabularyLevel(nn.Module):
                 bow_ops.update_mean_min_distance(self._min_distance_mean, batch_min, self.min_distance_decay)
             )
             self._track_num_batches += 1
-            stats["min_distance"] = float(batch_min)
+            stats["min_distance"] = batch_min.detach()
             usage = torch.bincount(distances.argmin(dim=1).flatten(), minlength=self.num_words)
             stats["usage_counts"] = dist_utils.all_reduce_sum(usage)
             candidates = bow_ops.vocabulary_candidates(features, self.update_type)

@@ -238,9 +238,9 @@ class Trainer:
                 teacher, groups, labels = self._to_device(batch)
                 with autocast:
                     loss, values = self.network(teacher, groups, labels)
-                if not math.isfinite(float(loss.detach())):
+                if not math.isfinite(values["loss_total"]):
                     raise FloatingPointError(
-                        f"loss became {float(loss.detach())} at iteration {st.global_iteration}; lower optim.lr"
+                        f"loss became {values['loss_total']} at iteration {st.global_iteration}; lower optim.lr"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,0 +1,82 @@
+"""`run_words(spec, out_dir, reporter)`: the visual-word gallery of a pretraining checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from obow.analysis.words import collect_top_patches, write_gallery
+from obow.config.pretrain import PretrainSpec
+from obow.config.words import WordsSpec
+from obow.data.sources import ImageSource, open_dataset
+from obow.errors import ConfigError
+from obow.models.obow import build_obow
+from obow.reporting import Reporter, check_stop
+from obow.train.checkpoint import load_training_checkpoint
+
+
+class _IndexedViews(Dataset):
+    def __init__(self, source: ImageSource, view: T.Compose, normalise: T.Compose, limit: int | None) -> None:
+        self.source, self.view, self.normalise = source, view, normalise
+        self.n = min(len(source), limit) if limit else len(source)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.normalise(self.view(self.source.get_image(i))), i
+
+
+def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    payload = load_training_checkpoint(Path(spec.checkpoint))
+    pre = PretrainSpec.model_validate(payload["spec"])
+    model = build_obow(pre)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    levels = spec.levels or pre.model.bow_levels
+    unknown = [lvl for lvl in levels if lvl not in pre.model.bow_levels]
+    if unknown:
+        raise ConfigError(f"levels {unknown} are not BoW levels of this model ({pre.model.bow_levels})")
+    d = pre.data
+    source = open_dataset(spec.dataset or d.dataset_name, spec.data_dir or d.data_dir, spec.split)
+    view = T.Compose([T.Resize(d.teacher_resize), T.CenterCrop(d.teacher_size)])
+    normalise = T.Compose([T.ToTensor(), T.Normalize(d.mean, d.std)])
+    dataset = _IndexedViews(source, view, normalise, spec.max_images)
+    total = len(dataset) * len(levels)
+    done = 0
+    results = {}
+    for level in levels:
+        i = pre.model.bow_levels.index(level)
+        vocab = model.bow_extractor.levels[i]
+        loader = DataLoader(dataset, batch_size=spec.batch_size, num_workers=spec.workers, shuffle=False)
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            reporter.progress(done, total)
+            check_stop(reporter)
+
+        top, usage, map_size = collect_top_patches(
+            lambda x, level=level: model.teacher(x, taps=(level,))[level],
+            loader,
+            vocab.words,
+            vocab.inv_delta,
+            vocab._min_distance_mean,
+            spec.patches,
+            on_batch=progress,
+        )
+        index = write_gallery(
+            Path(out_dir), level, top, usage, map_size, model.teacher.stride[level], d.teacher_size,
+            lambda image_id: view(source.get_image(image_id)), spec.words,
+        )
+        used = float((usage > 0).float().mean())
+        results[level] = {"words_shown": len(index["words"]), "words_used": used, "images": len(dataset)}
+        for suffix, kind in ((".png", "words"), (".json", "words-index")):
+            path = Path(out_dir) / f"visual_words_{level}{suffix}"
+            reporter.artifact(path, kind, {"level": level, "format": suffix[1:]})
+        reporter.log(f"{level}: {len(index['words'])} words shown, {100 * used:.1f}% of the vocabulary used")
+    return {"levels": results}
