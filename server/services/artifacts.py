@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ from sqlalchemy.orm import Session
 from server.models import Artifact
 from server.schemas import ArtifactOut
 from server.services.errors import Forbidden, NotFound, TooLarge
+
+SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -100,12 +103,14 @@ def file_for_download(session: Session, artifact_root: Path, artifact_id: int) -
     return row, target
 
 
-async def save_upload(chunks: AsyncIterator[bytes], artifact_root: Path, max_bytes: int) -> Path:
-    """Stream an upload to a fresh directory under the root; over `max_bytes` it is deleted and refused.
-    The client's file name is never used as a path."""
+async def save_upload(chunks: AsyncIterator[bytes], artifact_root: Path, max_bytes: int, stem: str) -> Path:
+    """Stream an upload to a fresh directory under the root as `<stem>.pth` (`stem` is a validated plain
+    name); over `max_bytes` it is deleted and refused. No client-supplied path is ever used."""
+    if not SAFE_STEM.fullmatch(stem):
+        raise Forbidden(f"'{stem}' is not a plain file name")
     target_dir = artifact_root / "uploads" / uuid.uuid4().hex
     target_dir.mkdir(parents=True)
-    target = target_dir / "upload.pth"
+    target = target_dir / f"{stem}.pth"
     written = 0
     try:
         with open(target, "wb") as handle:

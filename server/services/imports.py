@@ -25,15 +25,14 @@ async def create_import(
     field = kinds_service.source_field("import")
     if field is None:
         raise invalid(("body",), "the 'import' spec has no input file field")
-    upload = await artifacts_service.save_upload(chunks, settings.artifact_root, settings.max_upload_bytes)
+    upload = await artifacts_service.save_upload(
+        chunks, settings.artifact_root, settings.max_upload_bytes, name
+    )
 
     def store() -> Run:
         try:
             cls = kinds_service.spec_class("import")
-            data = {field: str(upload)}
-            if "name" in cls.model_fields:
-                data["name"] = name
-            spec = cls.model_validate(data).model_dump(mode="json")
+            spec = cls.model_validate({field: str(upload)}).model_dump(mode="json")
         except ValidationError as err:
             shutil.rmtree(upload.parent, ignore_errors=True)
             raise Invalid(

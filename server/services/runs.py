@@ -71,8 +71,9 @@ def _check_paths(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, 
 
 
 def latest_weights(session: Session, run: Run) -> Artifact | None:
-    """The newest checkpoint a child run can start from (an import's converted file counts)."""
-    for kind in ("checkpoint", "import"):
+    """The newest weights a child run can start from: a training checkpoint, else a backbone (what an
+    import of a feature extractor gives), else the raw upload of an import that has not run yet."""
+    for kind in ("checkpoint", "backbone", "import"):
         found = session.scalars(
             select(Artifact)
             .where(Artifact.run_id == run.id, Artifact.kind == kind)

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from obow import runs
 from server.app import create_app
 from server.db import make_engine, make_sessionmaker, upgrade
 from server.models import Base, Run
@@ -34,6 +35,9 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[2]
 
+# The library's own kinds, before the fakes replace export/import for the in-process API tests (whose
+# fake trainer writes JSON "checkpoints"); live tests put the real ones back, as their worker has them.
+LIBRARY_KINDS = dict(runs.RUN_KINDS)
 fake_kinds.register()
 
 
@@ -191,6 +195,9 @@ def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
         "OBOW_LAB_HOME": str(tmp_path),
         "OMP_NUM_THREADS": "1",
     }
+    saved = dict(runs.RUN_KINDS)
+    runs.RUN_KINDS.update(LIBRARY_KINDS)
+    request.addfinalizer(lambda: (runs.RUN_KINDS.clear(), runs.RUN_KINDS.update(saved)))
     worker_log = tmp_path / "worker.log"
     with open(worker_log, "wb") as log:
         worker = subprocess.Popen(

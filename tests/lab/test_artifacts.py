@@ -113,7 +113,7 @@ def test_import_upload_then_evaluate_from_it(lab):
     run = response.json()
     assert run["kind"] == "import" and run["queue"] == "cpu" and run["name"] == "official"
     (upload,) = lab.client.get(f"/api/v1/runs/{run['id']}/artifacts").json()
-    assert upload["kind"] == "import" and upload["name"] == "upload.pth"
+    assert upload["kind"] == "import" and upload["name"] == "official.pth"
     assert upload["sha256"] == hashlib.sha256(payload).hexdigest()
     assert execute_run(run["id"], lab.settings) == "succeeded"
     export = lab.client.post(

@@ -101,7 +101,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     expect(page.locator("#cancel")).to_be_hidden()
     expect(page.locator("#retry")).to_be_hidden()
 
-    page.select_option("#export-format", "safetensors")
+    page.select_option("#export-format", "safetensors")  # the tiny CPU backbone has no torchvision twin
     page.click('#export-form button[type="submit"]')
     link = page.locator("a.export-download")
     expect(link).to_be_visible(timeout=60_000)
@@ -115,18 +115,23 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == artifact["sha256"]
     assert artifact["format"] == "safetensors"
 
-    # an official checkpoint uploaded from the runs list becomes an import run
-    upload = tmp_path / "official.pth"
-    upload.write_bytes(b'{"step": 1, "weights": [1.0]}')
+    # a torchvision ResNet-18 state dict uploaded from the runs list becomes an import run
+    import torch
+    import torchvision
+
+    upload = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), upload)
     page.goto(f"{live.url}/")
     page.set_input_files("#import-file", str(upload))
-    page.fill("#import-name", "official")
+    page.fill("#import-name", "mine")
     page.click('#import-form button[type="submit"]')
     page.wait_for_url(re.compile(r"/runs/\d+$"))
     expect(page.locator("#state")).to_have_text("succeeded", timeout=60_000)
-    expect(page.locator("#artifacts")).to_contain_text("imported.json")
+    expect(page.locator("#artifacts")).to_contain_text("imported_mine.pt")
 
     # the compare page overlays the run's loss (the only run here)
     page.goto(f"{live.url}/compare?ids={run_id}&key=loss_total")
-    page.wait_for_function("() => { const c = document.querySelector('#compare-chart .chart'); return c && c.plot; }")
+    page.wait_for_function(
+        "() => { const c = document.querySelector('#compare-chart .chart'); return c && c.plot; }"
+    )
     assert page.evaluate("() => document.querySelector('#compare-chart .chart').plot.data[1].length") >= 16

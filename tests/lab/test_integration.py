@@ -55,7 +55,7 @@ def test_worker_trains_streams_exports_and_downloads(live, tmp_path):
         assert (done["progress_done"], done["progress_total"]) == (4, 4)
         (ckpt,) = [a for a in done["artifacts"] if a["kind"] == "checkpoint"]
 
-        export = client.export(run["id"], "torchvision")
+        export = client.export(run["id"], "safetensors")
         assert export["queue"] == "cpu"
         finished = client.wait(export["id"], timeout=120, poll_s=0.2)
         assert finished["state"] == "succeeded", finished["error"]

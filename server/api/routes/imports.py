@@ -22,7 +22,8 @@ async def create_import(
     enqueue: EnqueueDep,
     _: TokenDep,
     name: Annotated[
-        str, Query(pattern=r"^[A-Za-z0-9_.\-]{1,100}$", description="A name for the run")
+        str,
+        Query(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$", description="A name for the run and the file"),
     ] = "import",
 ) -> RunOut:
     """The request body is the file itself (`Content-Type: application/octet-stream`)."""
