@@ -5,9 +5,9 @@ reach the server, with no database, Celery or torch.
     run = lab.submit("pretrain", preset="FashionMNIST/tiny", spec={"optim": {"num_epochs": 1}})
     for key, step, value in lab.stream_metrics(run["id"]):
         print(key, step, value)
-    export = lab.export(run["id"], "torchvision")
+    export = lab.export(run["id"], "safetensors")
     lab.wait(export["id"])
-    lab.download(lab.artifacts(export["id"])[0]["id"], "weights.pth")
+    lab.download(lab.artifacts(export["id"])[0]["id"], "weights.safetensors")
 """
 
 from __future__ import annotations
