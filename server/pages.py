@@ -96,7 +96,7 @@ def new_run_page(
     parent: int | None = None,
     preset: str | None = None,
 ) -> HTMLResponse:
-    if kind not in kinds_service.kinds():
+    if kind not in kinds_service.kinds() or kind == "import":
         kind = "pretrain"
     parent_run = runs_service.get_run(db, parent) if parent is not None else None
     schemas = {k: kinds_service.json_schema(k) for k in kinds_service.kinds()}
@@ -106,7 +106,8 @@ def new_run_page(
         settings,
         kind=kind,
         parent=parent_run,
-        kinds=kinds_service.kinds(),
+        parents=runs_service.runs_with_weights(db),
+        kinds=[k for k in kinds_service.kinds() if k != "import"],  # imports start from an upload
         presets=list_presets(),
         preset=preset if preset in list_presets() else None,
         schemas_json=json.dumps(schemas).replace("</", "<\\/"),

@@ -26,6 +26,8 @@ from server.services.errors import Conflict, Invalid, NotFound, invalid
 
 Enqueue = Callable[[Run], str]
 
+# artifact kinds a child run can take its weights from, in order of preference
+WEIGHT_KINDS = ("checkpoint", "backbone", "import")
 PATHLIKE_KEY = re.compile(r"(path|dir|root|file|checkpoint|source|src|dst|out|name)", re.IGNORECASE)
 
 
@@ -73,7 +75,7 @@ def _check_paths(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, 
 def latest_weights(session: Session, run: Run) -> Artifact | None:
     """The newest weights a child run can start from: a training checkpoint, else a backbone (what an
     import of a feature extractor gives), else the raw upload of an import that has not run yet."""
-    for kind in ("checkpoint", "backbone", "import"):
+    for kind in WEIGHT_KINDS:
         found = session.scalars(
             select(Artifact)
             .where(Artifact.run_id == run.id, Artifact.kind == kind)
@@ -84,12 +86,26 @@ def latest_weights(session: Session, run: Run) -> Artifact | None:
     return None
 
 
+def runs_with_weights(session: Session, limit: int = 100) -> list[Run]:
+    """Recent runs an evaluation or export can start from (they have a checkpoint or a backbone)."""
+    ids = (
+        select(Artifact.run_id)
+        .where(Artifact.kind.in_(WEIGHT_KINDS))
+        .group_by(Artifact.run_id)
+        .order_by(Artifact.run_id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(select(Run).where(Run.id.in_(ids)).order_by(Run.id.desc())))
+
+
 def build_spec(session: Session, body: RunCreate, artifact_root, extra: dict[str, Any] | None = None) -> dict:
     """Preset + overrides + parent's checkpoint, validated by the kind's spec class."""
     if body.kind not in kinds_service.kinds():
         raise invalid(
             ("body", "kind"), f"unknown run kind '{body.kind}'; known: {', '.join(kinds_service.kinds())}"
         )
+    if body.kind == "import":  # its input is an uploaded file, never a path on the server
+        raise invalid(("body", "kind"), "imports start from an upload: POST /api/v1/imports with the file")
     errors: list[dict[str, Any]] = []
     _check_paths(body.spec, ("body", "spec"), errors, False)
     ckpt_field = kinds_service.checkpoint_field(body.kind) if body.kind != "import" else None

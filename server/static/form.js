@@ -10,7 +10,8 @@
   const form = document.getElementById("spec-form");
   const fields = document.getElementById("fields");
   const formError = document.getElementById("form-error");
-  const parentId = form.dataset.parent ? Number(form.dataset.parent) : null;
+  const parentSelect = document.getElementById("parent");
+  const parentLabel = document.getElementById("parent-label");
   let constants = {};
 
   function resolve(node, root) {
@@ -42,7 +43,7 @@
     const required = new Set(schemaNode.required || []);
     for (const [name, rawProp] of Object.entries(props)) {
       const fieldPath = path ? `${path}.${name}` : name;
-      if (!path && parentId !== null && checkpointFields.includes(name)) continue; // filled by the server
+      if (!path && checkpointFields.includes(name)) continue; // the server fills it from the parent run
       const { variants, nullable } = variantsOf(rawProp, root);
       const mode = modeOf(variants);
       const prop = Object.assign({}, variants[0], rawProp);
@@ -210,6 +211,7 @@
     clearErrors();
     buildFields(fields, schema, schema, "");
     presetLabel.hidden = kind !== "pretrain";
+    parentLabel.hidden = !Object.keys(schema.properties || {}).some((name) => checkpointFields.includes(name));
     if (kind !== "pretrain") presetSelect.value = "";
     resetDefaults();
     if (presetSelect.value) applyPreset();
@@ -232,7 +234,10 @@
     if (spec === null) { summary("Fix the fields marked in red."); return; }
     const body = { kind: kindSelect.value, spec };
     if (presetSelect.value) body.preset = presetSelect.value;
-    if (parentId !== null) body.parent_id = parentId;
+    if (!parentLabel.hidden) {
+      if (!parentSelect.value) { summary("Choose the run to start from."); return; }
+      body.parent_id = Number(parentSelect.value);
+    }
     const button = document.getElementById("launch");
     button.disabled = true;
     const result = await Lab.api("POST", "/runs", body);

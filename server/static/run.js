@@ -120,11 +120,19 @@
     while (fmt && fmt.$ref) fmt = schema.$defs[fmt.$ref.split("/").pop()];
     exportFormats = (fmt && (fmt.enum || (fmt.anyOf || []).flatMap((v) => v.enum || []))) || [];
     $("export-format").innerHTML = exportFormats.map((f) => `<option>${Lab.esc(f)}</option>`).join("");
+    // the export's yes/no options (e.g. leave out the fc, BGR input) as checkboxes, from its schema
+    const flags = Object.entries(schema.properties || {}).filter(([, p]) => p.type === "boolean");
+    $("export-options").innerHTML = flags.map(([name, p]) =>
+      `<label title="${Lab.esc(p.description || "")}"><input type="checkbox" data-option="${Lab.esc(name)}"> ${Lab.esc(p.title || name)}</label>`).join("");
   }
 
   async function startExport() {
     showActionError("");
-    const result = await Lab.api("POST", `/runs/${runId}/exports`, { format: $("export-format").value, options: {} });
+    const options = {};
+    document.querySelectorAll("#export-options [data-option]").forEach((box) => {
+      if (box.checked) options[box.dataset.option] = true;
+    });
+    const result = await Lab.api("POST", `/runs/${runId}/exports`, { format: $("export-format").value, options });
     if (!result.ok) { showActionError(result.status === 401 ? "Log in to convert weights." : Lab.errorText(result)); return; }
     await loadDetail();
   }

@@ -55,6 +55,7 @@ def test_bad_spec_names_every_bad_field_and_writes_nothing(lab):
         ({"kind": "pretrain", "preset": "Nope/none"}, ["body", "preset"]),
         ({"kind": "export", "spec": {"format": "torchvision"}}, ["body", "parent_id"]),
         ({"kind": "export", "parent_id": 999999}, ["body", "parent_id"]),
+        ({"kind": "import", "spec": {"source": "/etc/passwd"}}, ["body", "kind"]),
     ):
         response = lab.client.post("/api/v1/runs", json=body, headers=lab.auth)
         assert response.status_code == 422, body

@@ -28,6 +28,9 @@ def test_pages_render_and_login_flow(lab):
     assert detail.status_code == 200 and f"#{run['id']}" in detail.text
     assert lab.client.get("/runs/9999").status_code == 404
     assert "Compare runs" in lab.client.get(f"/compare?ids={run['id']}").text
+    export_form = lab.client.get(f"/runs/new?kind=export&parent={run['id']}").text
+    assert f'<option value="{run["id"]}" selected>#{run["id"]} fake (faketrain, succeeded)' in export_form
+    assert '<option value="import"' not in export_form  # imports start from an upload
     assert lab.client.get("/static/vendor/uPlot.iife.min.js").status_code == 200
 
     bad = lab.client.post("/login", data={"token": "obow_nope"})
