@@ -270,18 +270,24 @@ def retry_run(session: Session, run_id: int, enqueue: Enqueue) -> Run:
 
 
 def sweep_lost(session: Session, timeout_s: float, enqueue: Enqueue) -> list[int]:
-    """Runs whose worker stopped sending heartbeats become `lost` and are queued again; the next
-    attempt resumes from the last checkpoint."""
+    """Runs whose worker stopped sending heartbeats become `lost` and are queued again (the next
+    attempt resumes from the last checkpoint), or `cancelled` if a cancel was asked for."""
     cutoff = utcnow() - timedelta(seconds=timeout_s)
     stale = session.scalars(select(Run.id).where(Run.state == "running", Run.heartbeat_at < cutoff)).all()
     requeued = []
     for run_id in stale:
+        # a run cancelled while its worker was dying is simply cancelled: nobody would claim it again
+        cancelled = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.state == "running", Run.heartbeat_at < cutoff, Run.cancel_requested)
+            .values(state="cancelled", finished_at=utcnow(), version=Run.version + 1)
+        ).rowcount
         moved = session.execute(
             update(Run)
             .where(Run.id == run_id, Run.state == "running", Run.heartbeat_at < cutoff)
             .values(state="lost", version=Run.version + 1)
         ).rowcount
-        if not moved:
+        if not (cancelled or moved):  # its worker came back in the meantime
             continue
         session.execute(
             update(Attempt)
@@ -289,6 +295,8 @@ def sweep_lost(session: Session, timeout_s: float, enqueue: Enqueue) -> list[int
             .values(ended_at=utcnow(), outcome="lost", error=f"no heartbeat for {timeout_s:.0f} s")
         )
         session.commit()
+        if not moved:
+            continue
         run = session.get(Run, run_id)
         if run is not None:
             _enqueue_or_fail(session, run, enqueue)

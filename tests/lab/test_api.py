@@ -215,6 +215,22 @@ def test_lost_run_is_requeued_and_resumes(lab):
     assert series[0]["steps"] == list(range(4, 10))
 
 
+def test_cancel_of_a_run_whose_worker_died_ends_cancelled(lab):
+    from server.services.runs import sweep_lost
+    from worker.tasks import claim
+
+    run = _submit(lab, kind="faketrain")
+    assert claim(lab.client.app.state.sessionmaker, run["id"], 60)
+    assert lab.client.post(f"/api/v1/runs/{run['id']}/cancel", headers=lab.auth).json()["state"] == "running"
+    with lab.session() as session:
+        session.execute(
+            update(Run).where(Run.id == run["id"]).values(heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+        session.commit()
+        assert sweep_lost(session, 60, lab.enqueue) == []
+    assert lab.client.get(f"/api/v1/runs/{run['id']}").json()["state"] == "cancelled"
+
+
 def _sse(lab, run_id: int, last_event_id: str | None = None) -> list[tuple[str, str, dict]]:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events, current = [], {}
