@@ -110,9 +110,12 @@ class MultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """`key` is a sample index, or (index, position in the epoch) so that an image drawn twice in one
+        resampled epoch gets two different sets of views."""
+        index, position = key if isinstance(key, tuple) else (key, key)
         image, label = self.source[index]
-        seed = sample_seed(self.seed, self.epoch, index)
+        seed = sample_seed(self.seed, self.epoch, position)
         py_state = random.getstate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -27,17 +27,22 @@ def epoch_order(num_samples: int, seed: int, epoch: int, epoch_size: int | None 
     return torch.cat([torch.randperm(num_samples, generator=g) for _ in range(reps)])[:epoch_size]
 
 
-class ShardedEpochSampler(Sampler[int]):
-    """This rank's share of the epoch order, whole global batches only, starting at a batch offset."""
+class ShardedEpochSampler(Sampler[tuple[int, int]]):
+    """This rank's share of the epoch order, whole global batches only, starting at a batch offset.
+
+    Yields (sample index, position in the epoch): the position seeds the sample's augmentations.
+    """
 
     def __init__(self, order: torch.Tensor, rank: int, world: int, per_rank_batch: int, start_batch: int = 0):
         global_batch = per_rank_batch * world
         usable = (len(order) // global_batch) * global_batch
-        mine = order[:usable].view(-1, world, per_rank_batch)[:, rank, :]  # [batches, per_rank_batch]
-        self.indices = mine[start_batch:].reshape(-1).tolist()
+        positions = torch.arange(usable).view(-1, world, per_rank_batch)[:, rank, :]  # [batches, per_rank_batch]
+        mine = positions[start_batch:].reshape(-1)
+        self.indices = order[mine].tolist()
+        self.positions = mine.tolist()
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self.indices, self.positions, strict=True))
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -324,8 +324,12 @@ def check_ranks_agree(model: OBoW, reporter: Reporter, when: str) -> None:
 def _train_process(
     rank: int, world: int, spec: PretrainSpec, out_dir: Path, reporter: Reporter, init_method: str | None
 ) -> dict[str, Any]:
+    device = resolve_device(spec, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
     if world > 1:
-        backend = "nccl" if resolve_device(spec, rank).type == "cuda" else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         dist_utils.init_process_group(rank, world, backend, init_method or "")
     try:
         trainer = Trainer(spec, out_dir, reporter if rank == 0 else NullReporter(), rank, world)
