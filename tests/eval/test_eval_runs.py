@@ -225,3 +225,12 @@ def test_cli_knn_and_one_line_errors(tiny_backbone_file, tmp_path):
     assert bad.exit_code == 2 and "error: n_way (50)" in bad.output
     bad = CliRunner().invoke(main, ["linear", *args, "--lr-decay", "3"])
     assert bad.exit_code == 2 and "lr_decay" in bad.output
+
+
+@pytest.mark.slow  # the shared fixture runs a short pretraining (paid once by the whole suite)
+def test_linear_probe_on_a_real_tiny_pretraining(tiny_checkpoint, tmp_path):
+    """A genuine OBoW Lab training checkpoint (teacher, vocabulary, predictor keys present) loads and probes."""
+    spec = LinearSpec(checkpoint=str(tiny_checkpoint), **SMALL, train_split="test", test_split="test", subset=3,
+                      test_subset=2, epochs=1, precache=True)
+    result = run_linear(spec, tmp_path, NullReporter())
+    assert result["backbone_unchanged"] and result["train_images"] == 30 and 0 <= result["top1"] <= 100
