@@ -152,6 +152,7 @@ def semisup_command(**options: Any) -> None:
 @click.option("--fewshot-q", type=int, default=None, help="Queries per class and episode.")
 @click.option("--novel-classes", default=None, type=click.Path(dir_okay=False),
               help='JSON {"novel_classes": [names or indices]}.')
+@click.option("--novel-key", default=None, help="Key of the class list in that file (official: novel_classes_2).")
 @click.option("--novel-fraction", type=float, default=None, help="Seeded share of classes used as novel.")
 @click.option("--scale", type=float, default=None, help="Cosine scale of the prototype classifier.")
 def fewshot_command(**options: Any) -> None:

@@ -112,7 +112,12 @@ class SemisupSpec(EvalSpec, StepOrCosine):
 
 
 class FewshotSpec(EvalSpec):
-    """Cosine-prototype few-shot classification over seeded episodes of novel classes."""
+    """Cosine-prototype few-shot classification over seeded episodes of novel classes.
+
+    Images come from `split`, capped per class by `test_subset`. The official OBoW split file
+    (IMAGENET_LOWSHOT_BENCHMARK_CATEGORY_SPLITS.json) works with `novel_key="novel_classes_2"`: its
+    indices are used as ImageFolder label ids, as the original does.
+    """
 
     kind: Literal["fewshot"] = "fewshot"
     split: Literal["train", "val", "test"] = Field("val", description="Split the episodes are drawn from")
@@ -122,6 +127,7 @@ class FewshotSpec(EvalSpec):
     n_query: int = Field(1, ge=1, description="Query images per class and episode")
     scale: float = Field(10.0, gt=0, description="Cosine similarity scale of the prototype classifier")
     novel_classes_file: str | None = Field(None, description='JSON {"novel_classes": [names or indices]}')
+    novel_key: str = Field("novel_classes", min_length=1, description="Key of the class list in that JSON file")
     novel_fraction: float = Field(1.0, gt=0, le=1, description="Seeded share of classes used as novel")
 
     @field_validator("k_shot")

@@ -35,6 +35,8 @@ def view_transform(
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Image -> [V, 3, size, size]: `center` (1), `center_flip` (center, flipped center) or `ten_crop`
     (Resize then torchvision TenCrop: the five crops, then the five crops of the flipped image)."""
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"unknown cache views '{views}'; use one of {sorted(VIEW_COUNTS)}")
     to_tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     resize_t = T.Resize(resize)
     if views == "ten_crop":
@@ -46,8 +48,6 @@ def view_transform(
         view = to_tensor(center(resize_t(image)))
         return torch.stack([view, view.flip(-1)]) if views == "center_flip" else view.unsqueeze(0)
 
-    if views not in VIEW_COUNTS:
-        raise ValueError(f"unknown cache views '{views}'; use one of {sorted(VIEW_COUNTS)}")
     return center_views
 
 

@@ -87,11 +87,12 @@ def novel_classes(spec: FewshotSpec, class_names: Sequence[str]) -> list[int]:
     if spec.novel_classes_file:
         path = Path(spec.novel_classes_file)
         try:
-            listed = json.loads(path.read_text())["novel_classes"]
+            listed = json.loads(path.read_text())[spec.novel_key]
         except FileNotFoundError:
             raise ConfigError(f"novel-classes file '{path}' does not exist") from None
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"novel-classes file '{path}' must be JSON like {{\"novel_classes\": [...]}}") from None
+            raise ConfigError(f"novel-classes file '{path}' must be JSON with a list under '{spec.novel_key}', "
+                              f"like {{\"novel_classes\": [...]}}") from None
         where = {name: i for i, name in enumerate(class_names)}
         found: list[int] = []
         for entry in listed:

@@ -157,3 +157,18 @@ def test_spec_defaults_follow_the_dataset():
         KnnSpec(checkpoint="x", typo=1)
     with pytest.raises(ValidationError, match="size"):
         KnnSpec(checkpoint="x", resize=32, size=40)
+
+
+def test_novel_classes_from_a_file_or_a_seed(tmp_path):
+    from obow.eval.fewshot import novel_classes
+
+    names = [f"n{i:02d}" for i in range(10)]
+    official = tmp_path / "splits.json"
+    official.write_text('{"label_names": [], "novel_classes_2": [7, 2, 2], "novel_classes": ["n05", 1]}')
+    assert novel_classes(FewshotSpec(checkpoint="x", novel_classes_file=str(official), novel_key="novel_classes_2"),
+                         names) == [2, 7]
+    assert novel_classes(FewshotSpec(checkpoint="x", novel_classes_file=str(official)), names) == [1, 5]
+    with pytest.raises(ConfigError, match="novel_classes_1"):
+        novel_classes(FewshotSpec(checkpoint="x", novel_classes_file=str(official), novel_key="novel_classes_1"), names)
+    seeded = novel_classes(FewshotSpec(checkpoint="x", novel_fraction=0.3, seed=4), names)
+    assert len(seeded) == 3 and seeded == novel_classes(FewshotSpec(checkpoint="x", novel_fraction=0.3, seed=4), names)
