@@ -156,7 +156,8 @@ class SvmSpec(EvalSpec):
         "bn", description="bn: per-dimension standardisation by train statistics (pool5_bn); l2; none (pool5)"
     )
     labels_file: str | None = Field(
-        None, description='Multi-label JSON {"classes": [...], "labels": {"<image file name>": [classes]}}'
+        None, description='Multi-label JSON {"classes": [...], "labels": {"<image file name>": [classes]}, '
+        '"ignore": {"<image file name>": [classes]} (optional, e.g. VOC difficult)}'
     )
     max_iter: int = Field(2000, ge=10)
 

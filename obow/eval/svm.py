@@ -2,10 +2,13 @@
 
 For each class, the cost is chosen from a grid by k-fold cross-validation on the training split
 (maximising the mean held-out AP), the SVM is refitted on the whole training split with that cost,
-and the test AP is computed on its decision scores. AP here is the standard non-interpolated one
-(the mean of the precisions at each positive's rank, tied scores counted as one threshold); the
-legacy VOC07 11-point interpolated AP is reported beside it. The SVM settings are those of the fair
-self-supervision benchmark: squared hinge, L2, positive-class weight 2, tolerance 1e-4.
+and the test AP is computed on its decision scores. The headline AP is the standard non-interpolated
+one (the mean of the precisions at each positive's rank, tied scores counted as one threshold).
+Reported beside it: the area under the monotone (interpolated) precision envelope, which is what the
+fair self-supervision benchmark's test script computes, and the legacy VOC07 11-point AP. Targets are
+1 (present), 0 (absent) or -1 (ignored, e.g. VOC "difficult"): ignored images are left out of that
+class's training and AP, as in the benchmark. The SVM settings are the benchmark's: squared hinge,
+L2, positive-class weight 2, tolerance 1e-4.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     precision = tp / (last_of_tie + 1)
     recall_gain = np.diff(np.r_[0, tp]) / total
     return float((recall_gain * precision).sum())
+
+
+def interpolated_ap(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the precision-recall curve after making precision non-increasing in recall
+    (all-point interpolation, VOC2010+ and the fair benchmark's test). NaN without positives."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives).astype(bool)
+    total = int(positives.sum())
+    if total == 0:
+        return float("nan")
+    hits = positives[np.argsort(-scores, kind="stable")]
+    tp = np.cumsum(hits)
+    precision = np.maximum.accumulate((tp / np.arange(1, len(tp) + 1))[::-1])[::-1]
+    return float(precision[hits].sum() / total)
 
 
 def voc07_ap(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -105,7 +122,8 @@ def choose_cost(x: np.ndarray, y: np.ndarray, costs: list[float], folds: int, se
 
 
 def label_matrix(source: ImageSource, labels_file: str | None, split: str) -> tuple[np.ndarray, list[str]]:
-    """Multi-hot [N, C] targets: one-hot folder labels, or the labels file's lists matched by file name."""
+    """[N, C] targets in {1, 0, -1 (ignored)}: one-hot folder labels, or the labels file's lists matched
+    by file name (its optional "ignore" mapping marks image/class pairs to leave out)."""
     if labels_file is None:
         matrix = np.zeros((len(source), source.num_classes), dtype=np.int64)
         matrix[np.arange(len(source)), np.asarray(source.targets)] = 1
@@ -114,11 +132,12 @@ def label_matrix(source: ImageSource, labels_file: str | None, split: str) -> tu
     try:
         data = json.loads(path.read_text())
         classes, labels = list(data["classes"]), dict(data["labels"])
+        ignore = dict(data.get("ignore", {}))
     except FileNotFoundError:
         raise ConfigError(f"labels file '{path}' does not exist") from None
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"labels file '{path}' must be JSON like {{\"classes\": [...], \"labels\": "
-                          f"{{\"<image file name>\": [classes]}}}}") from None
+                          f"{{\"<image file name>\": [classes]}}, \"ignore\": {{...}} (optional)}}") from None
     names = image_names(source)
     if names is None:
         raise ConfigError("a labels file needs an image-folder dataset (images are matched by file name)")
@@ -129,11 +148,12 @@ def label_matrix(source: ImageSource, labels_file: str | None, split: str) -> tu
         raise DataError(f"labels file '{path}' has no entry for {len(missing)} {split} images "
                         f"(first: {', '.join(missing[:3])})")
     for row, name in enumerate(names):
-        for entry in labels[name]:
-            col = entry if isinstance(entry, int) else where.get(entry)
-            if col is None or not 0 <= col < len(classes):
-                raise DataError(f"labels file '{path}': image '{name}' has unknown class {entry!r}")
-            matrix[row, col] = 1
+        for value, mapping in ((1, labels), (-1, ignore)):
+            for entry in mapping.get(name, []):
+                col = entry if isinstance(entry, int) else where.get(entry)
+                if col is None or not 0 <= col < len(classes):
+                    raise DataError(f"labels file '{path}': image '{name}' has unknown class {entry!r}")
+                matrix[row, col] = value
     return matrix, classes
 
 
@@ -148,8 +168,8 @@ def run_svm(spec: SvmSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
     y_test, _ = label_matrix(test_src, spec.labels_file, spec.test_split)
     if y_train.shape[1] != y_test.shape[1]:
         raise DataError(f"train has {y_train.shape[1]} classes but {spec.test_split} has {y_test.shape[1]}")
-    positives = y_train.sum(0)
-    too_few = [classes[c] for c, n in enumerate(positives) if not spec.folds <= n <= len(y_train) - spec.folds]
+    positives, negatives = (y_train == 1).sum(0), (y_train == 0).sum(0)
+    too_few = [classes[c] for c in range(len(classes)) if min(positives[c], negatives[c]) < spec.folds]
     if too_few:
         raise DataError(f"{len(too_few)} classes have fewer than folds={spec.folds} positive or negative training "
                         f"images (first: {too_few[0]}); lower --folds or add images")
@@ -163,25 +183,32 @@ def run_svm(spec: SvmSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
     per_class, rows = [], []
     for c, name in enumerate(classes):
         check_stop(reporter)
-        best, cv = choose_cost(x_train, y_train[:, c], spec.costs, spec.folds, spec.seed, spec.max_iter)
-        model = _fit(_svm(best, spec.max_iter, spec.seed), x_train, y_train[:, c])
-        scores = model.decision_function(x_test)
-        ap, ap11 = average_precision(scores, y_test[:, c]), voc07_ap(scores, y_test[:, c])
+        used, tested = y_train[:, c] >= 0, y_test[:, c] >= 0
+        x_fit, y_fit = x_train[used], y_train[used, c]
+        best, cv = choose_cost(x_fit, y_fit, spec.costs, spec.folds, spec.seed, spec.max_iter)
+        model = _fit(_svm(best, spec.max_iter, spec.seed), x_fit, y_fit)
+        scores, truth = model.decision_function(x_test[tested]), y_test[tested, c]
+        ap, ap_int, ap11 = average_precision(scores, truth), interpolated_ap(scores, truth), voc07_ap(scores, truth)
         per_class.append({"class": name, "cost": best, "cv_ap": cv[best] * 100, "ap": ap * 100,
-                          "ap_voc07_11pt": ap11 * 100, "cv": {str(k): v * 100 for k, v in cv.items()}})
-        rows.append((name, best, cv[best] * 100, ap * 100, ap11 * 100))
+                          "ap_interpolated": ap_int * 100, "ap_voc07_11pt": ap11 * 100,
+                          "cv": {str(k): v * 100 for k, v in cv.items()}})
+        rows.append((name, best, cv[best] * 100, ap * 100, ap_int * 100, ap11 * 100))
         reporter.progress(c + 1, len(classes))
     valid = [p for p in per_class if not np.isnan(p["ap"])]
     if not valid:
         raise DataError(f"no class has a positive image in the {spec.test_split} split; mAP is undefined")
     mean_ap = float(np.mean([p["ap"] for p in valid]))
     mean_ap11 = float(np.mean([p["ap_voc07_11pt"] for p in valid]))
-    reporter.metrics(0, {"svm_mAP": mean_ap, "svm_mAP_voc07_11pt": mean_ap11})
-    rows.append(("mean", "-", float(np.mean([p["cv_ap"] for p in per_class])), mean_ap, mean_ap11))
-    result = {"checkpoint": spec.checkpoint, "mAP": mean_ap, "mAP_voc07_11pt": mean_ap11,
-              "ap_definition": "non-interpolated AP over ranked scores (ties as one threshold)",
+    mean_int = float(np.mean([p["ap_interpolated"] for p in valid]))
+    reporter.metrics(0, {"svm_mAP": mean_ap, "svm_mAP_interpolated": mean_int, "svm_mAP_voc07_11pt": mean_ap11})
+    rows.append(("mean", "-", float(np.mean([p["cv_ap"] for p in per_class])), mean_ap, mean_int, mean_ap11))
+    result = {"checkpoint": spec.checkpoint, "mAP": mean_ap, "mAP_interpolated": mean_int,
+              "mAP_voc07_11pt": mean_ap11,
+              "ap_definition": "mAP: non-interpolated AP over ranked scores (ties as one threshold); "
+                               "mAP_interpolated: monotone precision envelope (fair benchmark); "
+                               "mAP_voc07_11pt: legacy 11-point",
               "classes": per_class, "train_images": len(train_src), "test_images": len(test_src),
               "feature_dim": int(x_train.shape[1]), "spec": spec.model_dump(mode="json")}
-    write_results(out_dir, "svm", result, rows, ["class", "cost", "cv_AP", "AP", "AP_11pt"])
+    write_results(out_dir, "svm", result, rows, ["class", "cost", "cv_AP", "AP", "AP_interp", "AP_11pt"])
     reporter.artifact(out_dir / "results.json", "results", {"mAP": mean_ap})
     return result

@@ -13,7 +13,14 @@ from obow.errors import ConfigError, DataError
 from obow.eval.common import epoch_lr, topk_correct
 from obow.eval.fewshot import make_episodes, mean_and_ci95, prototype_logits
 from obow.eval.splits import balanced_split, read_split, split_file_name, write_split
-from obow.eval.svm import average_precision, choose_cost, normalise_features, voc07_ap
+from obow.eval.svm import (
+    average_precision,
+    choose_cost,
+    interpolated_ap,
+    label_matrix,
+    normalise_features,
+    voc07_ap,
+)
 
 
 def naive_prototype_scores(support, support_labels, queries, n_way, scale):
@@ -72,6 +79,28 @@ def test_average_precision_agrees_with_sklearn_on_random_scores():
         scores = rng.integers(0, 6, 40).astype(float)  # many ties
         labels = rng.integers(0, 2, 40)
         assert math.isclose(average_precision(scores, labels), average_precision_score(labels, scores))
+
+
+def test_interpolated_ap_hand_example():
+    # precision per rank 0, 1/2, 2/3 -> envelope 2/3 at both positives; non-interpolated gives (1/2 + 2/3) / 2
+    scores, labels = np.array([3.0, 2.0, 1.0]), np.array([0, 1, 1])
+    assert math.isclose(interpolated_ap(scores, labels), 2 / 3)
+    assert math.isclose(average_precision(scores, labels), (1 / 2 + 2 / 3) / 2)
+
+
+def test_multilabel_targets_with_ignored_pairs(tmp_path):
+    source = FileListSource([tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"], [0, 0, 0], ["all"])
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"classes": ["cat", "dog"], "labels": {"a.jpg": ["cat"], "b.jpg": [1, "cat"], "c.jpg": []},'
+                      ' "ignore": {"c.jpg": ["dog"]}}')
+    matrix, classes = label_matrix(source, str(labels), "train")
+    assert classes == ["cat", "dog"] and matrix.tolist() == [[1, 0], [1, 1], [0, -1]]
+    labels.write_text('{"classes": ["cat"], "labels": {"a.jpg": ["cow"], "b.jpg": [], "c.jpg": []}}')
+    with pytest.raises(DataError, match="unknown class 'cow'"):
+        label_matrix(source, str(labels), "train")
+    labels.write_text('{"classes": ["cat"], "labels": {"a.jpg": []}}')
+    with pytest.raises(DataError, match="no entry for 2 train images"):
+        label_matrix(source, str(labels), "train")
 
 
 def test_voc07_eleven_point_hand_example():

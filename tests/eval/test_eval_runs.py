@@ -177,7 +177,8 @@ def make_multilabel_folder(root, n_train=24, n_test=12):
             name = f"{split}_{i:03d}.png"
             Image.fromarray(image).save(root / split / "all" / name)
             labels[name] = [c for c, on in zip(["left", "top"], has, strict=True) if on]
-    (root / "labels.json").write_text(json.dumps({"classes": ["left", "top"], "labels": labels}))
+    ignore = {"train_000.png": ["top"], "val_001.png": ["left"]}  # like VOC "difficult"
+    (root / "labels.json").write_text(json.dumps({"classes": ["left", "top"], "labels": labels, "ignore": ignore}))
     return root / "labels.json"
 
 
@@ -190,6 +191,7 @@ def test_svm_multilabel_map(tiny_backbone_file, tmp_path):
     assert [c["class"] for c in result["classes"]] == ["left", "top"]
     assert result["mAP"] == pytest.approx(np.mean([c["ap"] for c in result["classes"]]))
     assert all(c["cost"] in (0.1, 1.0) for c in result["classes"]) and 0 < result["mAP"] <= 100
+    assert 0 < result["mAP_interpolated"] <= 100 and result["mAP_interpolated"] >= result["mAP"] - 1e-9
     assert "mean" in (tmp_path / "out" / "results.txt").read_text()
 
 
