@@ -121,6 +121,7 @@ def _run(kind: str, options: dict[str, Any], base: dict[str, Any] | None = None)
 @click.option("--precache", is_flag=True, help="Cache features of fixed views once; epochs then skip the network.")
 @click.option("--cache-dir", default=None, help="Feature cache folder (default: <dst-dir>/cache_features).")
 @click.option("--cache-5crop", is_flag=True, help="Cache FiveCrop + flips (10 views) instead of center + flip.")
+@click.option("--drop-cache", is_flag=True, help="Delete the feature cache after training (as the original).")
 def linear_command(**options: Any) -> None:
     """Linear probe on frozen student features (ImageNet or Places205 protocol); reports top-1/top-5."""
     from obow.config.eval import places205_defaults
@@ -128,6 +129,8 @@ def linear_command(**options: Any) -> None:
     base = places205_defaults() if options["places"] else {}
     if options["cache_5crop"]:
         options["cache_views"] = "ten_crop"
+    if options.pop("drop_cache"):
+        options["keep_cache"] = False
     _run("linear", options, base)
 
 

@@ -96,6 +96,7 @@ class LinearSpec(EvalSpec, StepOrCosine):
     cache_views: Literal["center_flip", "ten_crop"] = Field(
         "center_flip", description="Cached training views: center crop + flip (2) or FiveCrop + flips (10)"
     )
+    keep_cache: bool = Field(True, description="Keep the cache for later runs (the original deleted it)")
 
 
 class SemisupSpec(EvalSpec, StepOrCosine):

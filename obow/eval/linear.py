@@ -7,6 +7,7 @@ computed once (the backbone never changes), so evaluating every epoch costs only
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,13 @@ class _FeatureBatches:
                    torch.from_numpy(labels[idx[take]]).to(self.device))
 
 
-def _cache_folder(spec: LinearSpec, out_dir: Path, split: str, per_class: int | None, views: str) -> Path:
+def _cache_folder(spec: LinearSpec, out_dir: Path, checkpoint_sha: str, split: str, per_class: int | None,
+                  views: str) -> Path:
+    """<cache root>/<checkpoint sha256[:12]>/<dataset>/<split>[_subsetN]/<views>: one shared root serves
+    many checkpoints without them overwriting each other's features."""
     root = Path(spec.cache_dir) if spec.cache_dir else out_dir / "cache_features"
     subset = f"_subset{per_class}" if per_class else ""
-    return root / spec.dataset / f"{split}{subset}" / views
+    return root / checkpoint_sha[:12] / spec.dataset / f"{split}{subset}" / views
 
 
 def _cache_meta(spec: LinearSpec, checkpoint_sha: str, split: str, per_class: int | None, views: str) -> dict:
@@ -129,7 +133,7 @@ def _cache_meta(spec: LinearSpec, checkpoint_sha: str, split: str, per_class: in
 def _test_features(spec: LinearSpec, out_dir: Path, backbone: ResNetBackbone, source: ImageSource,
                    device: torch.device, checkpoint_sha: str, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
     if spec.precache:
-        folder = _cache_folder(spec, out_dir, spec.test_split, spec.test_subset, "center")
+        folder = _cache_folder(spec, out_dir, checkpoint_sha, spec.test_split, spec.test_subset, "center")
         meta = _cache_meta(spec, checkpoint_sha, spec.test_split, spec.test_subset, "center")
         array, labels = cached_features(folder, meta, backbone, source, view_transform("center", spec.resize,
                                         spec.size, spec.mean, spec.std), 1, device, spec.batch_size,
@@ -162,7 +166,7 @@ def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     if spec.precache:
         views = spec.cache_views
         cache = cached_features(
-            _cache_folder(spec, out_dir, spec.train_split, spec.subset, views),
+            _cache_folder(spec, out_dir, checkpoint_sha, spec.train_split, spec.subset, views),
             _cache_meta(spec, checkpoint_sha, spec.train_split, spec.subset, views),
             backbone, train_src, view_transform(views, spec.resize, spec.size, spec.mean, spec.std),
             VIEW_COUNTS[views], device, spec.batch_size, spec.workers, reporter)
@@ -208,6 +212,11 @@ def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str,
         reporter.log("epoch {epoch}: loss {loss:.4f} train@1 {train_top1:.2f}".format(**point)
                      + (" test@1 {top1:.2f} test@5 {top5:.2f}".format(**point) if "top1" in point else ""))
     check_unchanged(frozen, backbone)
+    if spec.precache and not spec.keep_cache:
+        batches.cache = cache = None  # drop the memory maps before deleting their files
+        for split, per_class, views in ((spec.train_split, spec.subset, spec.cache_views),
+                                        (spec.test_split, spec.test_subset, "center")):
+            shutil.rmtree(_cache_folder(spec, out_dir, checkpoint_sha, split, per_class, views), ignore_errors=True)
     head_file = out_dir / "linear_head.pt"
     save_atomic({"format": "obow-lab/linear-head", "state_dict": head.state_dict(),
                  "num_classes": train_src.num_classes, "batch_norm": spec.batch_norm}, head_file)
