@@ -39,10 +39,11 @@ class EvalSpec(StrictModel):
     )
     subset: int | None = Field(None, ge=1, description="Use only the first N training images of each class")
     test_subset: int | None = Field(None, ge=1, description="Use only the first N test images of each class")
-    resize: int = Field(256, ge=8, description="Shorter side before the crop")
-    size: int = Field(224, ge=8, description="Crop size fed to the network")
-    mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN), min_length=3, max_length=3)
-    std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD), min_length=3, max_length=3)
+    # Defaults shown are the default dataset's; unset values follow the chosen dataset (image_defaults).
+    resize: int = Field(40, ge=8, description="Shorter side before the crop (default: per dataset)")
+    size: int = Field(40, ge=8, description="Crop size fed to the network (default: per dataset)")
+    mean: list[float] = Field(default_factory=lambda: [0.286] * 3, min_length=3, max_length=3)
+    std: list[float] = Field(default_factory=lambda: [0.353] * 3, min_length=3, max_length=3)
     batch_size: int = Field(256, ge=1)
     workers: int = Field(2, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

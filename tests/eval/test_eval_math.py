@@ -177,6 +177,9 @@ def test_spec_defaults_follow_the_dataset():
     assert (fm.resize, fm.size, fm.mean, fm.std) == (40, 40, [0.286] * 3, [0.353] * 3)
     inet = LinearSpec(checkpoint="x", dataset="ImageNet")
     assert (inet.resize, inet.size, inet.mean[0], inet.batch_norm) == (256, 224, 0.485, False)
+    assert LinearSpec.model_validate(inet.model_dump(mode="json")) == inet
+    assert KnnSpec(checkpoint="x").size == 40
+    assert KnnSpec(checkpoint="x", dataset="MNIST", size=28, resize=32).size == 28
     places = LinearSpec(checkpoint="x", dataset="ImageFolder", **places205_defaults())
     assert places.batch_norm and places.schedule == [10, 20] and places.wd == 1e-5
     semi = SemisupSpec(checkpoint="x", dataset="ImageNet")
