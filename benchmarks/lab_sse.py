@@ -1,0 +1,110 @@
+"""SSE delay: time from a worker's committed metric write to its arrival at a client of
+`GET /runs/{id}/events`, with the API served by uvicorn, on SQLite and on PostgreSQL.
+
+    python benchmarks/lab_sse.py                 # 100 writes, 10 per second, both backends
+
+Target: p95 < 500 ms. The stream polls the database every OBOW_LAB_SSE_POLL_S (0.25 s by default), so
+the expected delay is about half of that; the worker's own batching (1 s) comes on top in a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from benchmarks.lab_storage import database, new_run, p95
+from server.app import create_app
+from server.db import make_engine, make_sessionmaker, upgrade
+from server.settings import Settings
+from worker.reporter import DbReporter
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure(backend: str, writes: int, rate: float) -> list[float]:
+    with tempfile.TemporaryDirectory() as scratch_dir, database(backend, Path(scratch_dir)) as url:
+        scratch = Path(scratch_dir)
+        upgrade(url)
+        engine = make_engine(url)
+        maker = make_sessionmaker(engine)
+        run_id = new_run(maker)
+        settings = Settings(home=scratch, database_url=url, secret_key_value="bench")
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, enqueue=lambda run: "x", sweep_every_s=0),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+            )
+        )
+        serving = threading.Thread(target=server.run, daemon=True)
+        serving.start()
+        while not server.started:
+            time.sleep(0.05)
+
+        committed: dict[int, float] = {}
+        delays: list[float] = []
+        connected = threading.Event()
+
+        def listen() -> None:
+            with httpx.stream(
+                "GET", f"http://127.0.0.1:{port}/api/v1/runs/{run_id}/events", timeout=None
+            ) as resp:
+                for line in resp.iter_lines():
+                    connected.set()
+                    if line.startswith("data: ") and '"points"' in line:
+                        now = time.time()
+                        for _, step, _, _ in json.loads(line[6:])["points"]:
+                            delays.append((now - committed[step]) * 1000)
+                    if len(delays) >= writes:
+                        return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        connected.wait(10)
+        reporter = DbReporter(maker, run_id, scratch, flush_every_s=3600, heartbeat_s=3600)
+        for step in range(writes):
+            reporter.metrics(step, {"probe": float(step)})
+            reporter.flush()
+            committed[step] = time.time()
+            time.sleep(1 / rate)
+        listener.join(timeout=30)
+        reporter.close()
+        server.should_exit = True
+        serving.join(timeout=10)
+        engine.dispose()
+        return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--writes", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=10.0, help="writes per second")
+    args = parser.parse_args()
+    print(f"{'backend':<11} {'events':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for backend in args.backends.split(","):
+        delays = measure(backend, args.writes, args.rate)
+        print(
+            f"{backend:<11} {len(delays):>6} {statistics.median(delays):>8.0f} {p95(delays):>8.0f} {max(delays):>8.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Artifact downloads: the file is found through the database row, never from the request."""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from server.api.deps import DbDep, SettingsDep
+from server.services import artifacts as artifacts_service
+
+router = APIRouter(prefix="/artifacts", tags=["artifacts"])
+
+
+@router.get("/{artifact_id}/download", response_class=FileResponse)
+def download(artifact_id: int, db: DbDep, settings: SettingsDep) -> FileResponse:
+    """The file with Content-Length, Range support and its sha256 (`X-Content-SHA256`, `Repr-Digest`)."""
+    row, path = artifacts_service.file_for_download(db, settings.artifact_root, artifact_id)
+    digest = base64.b64encode(bytes.fromhex(row.sha256)).decode()
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=path.name,
+        headers={"X-Content-SHA256": row.sha256, "Repr-Digest": f"sha-256=:{digest}:"},
+    )

@@ -1,0 +1,186 @@
+"""Runs: create, list, read, cancel, retry, and a run's metrics, logs, live events and artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from server.api.deps import DbDep, EnqueueDep, SettingsDep, TokenDep
+from server.schemas import (
+    ArtifactOut,
+    ExportCreate,
+    LogOut,
+    MetricsOut,
+    RunCreate,
+    RunDetail,
+    RunOut,
+    RunPage,
+    Series,
+)
+from server.services import artifacts as artifacts_service
+from server.services import events as events_service
+from server.services import exports as exports_service
+from server.services import logs as logs_service
+from server.services import metrics as metrics_service
+from server.services import runs as runs_service
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post("", status_code=201, response_model=RunOut)
+def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
+    """Validate the spec (422 names each bad field), store the run, then queue it."""
+    run = runs_service.create_run(db, body, settings.artifact_root, enqueue)
+    return RunOut.model_validate(run)
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    db: DbDep,
+    state: Annotated[str | None, Query(description="Comma-separated states")] = None,
+    kind: Annotated[str | None, Query(description="Comma-separated kinds")] = None,
+    parent_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> RunPage:
+    items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset)
+    return RunPage(items=[RunOut.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+def get_run(run_id: int, db: DbDep) -> RunDetail:
+    run = runs_service.get_run(db, run_id)
+    children, _ = runs_service.list_runs(db, parent_id=run_id, limit=500)
+    base = RunOut.model_validate(run).model_dump()
+    return RunDetail(
+        **base,
+        attempts=run.attempts,
+        artifacts=[artifacts_service.to_out(a) for a in run.artifacts],
+        children=[RunOut.model_validate(c) for c in children],
+    )
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run_id: int, db: DbDep, _: TokenDep) -> RunOut:
+    return RunOut.model_validate(runs_service.cancel_run(db, run_id))
+
+
+@router.post("/{run_id}/retry", status_code=201, response_model=RunOut)
+def retry_run(run_id: int, db: DbDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
+    return RunOut.model_validate(runs_service.retry_run(db, run_id, enqueue))
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsOut)
+def get_metrics(
+    run_id: int,
+    db: DbDep,
+    keys: Annotated[str | None, Query(description="Comma-separated keys (default: all)")] = None,
+    max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
+    step_min: int | None = None,
+    step_max: int | None = None,
+) -> MetricsOut:
+    run = runs_service.get_run(db, run_id)
+    wanted = metrics_service.keys_in(keys.split(",") if keys else None, run.metric_keys or [])
+    out = []
+    for key in wanted:
+        steps, values, down, total = metrics_service.series(db, run_id, key, max_points, step_min, step_max)
+        out.append(Series(key=key, steps=steps, values=values, downsampled=down, total_points=total))
+    return MetricsOut(run_id=run_id, series=out)
+
+
+@router.get("/{run_id}/logs", response_model=list[LogOut])
+def get_logs(
+    run_id: int,
+    db: DbDep,
+    after_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
+) -> list[LogOut]:
+    runs_service.get_run(db, run_id)
+    return [
+        LogOut(id=r.id, time=r.time, level=r.level, message=r.message)
+        for r in logs_service.read(db, run_id, after_id, limit)
+    ]
+
+
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut])
+def get_artifacts(run_id: int, db: DbDep) -> list[ArtifactOut]:
+    runs_service.get_run(db, run_id)
+    return [artifacts_service.to_out(a) for a in artifacts_service.list_for_run(db, run_id)]
+
+
+@router.post("/{run_id}/exports", status_code=201, response_model=RunOut)
+def create_export(
+    run_id: int, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+) -> RunOut:
+    """Convert the run's latest checkpoint: an `export` child run on the cpu queue."""
+    return RunOut.model_validate(
+        exports_service.create_export(db, run_id, body, settings.artifact_root, enqueue)
+    )
+
+
+@router.get("/{run_id}/events", response_class=StreamingResponse)
+async def stream_events(
+    run_id: int,
+    request: Request,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            description="Start after this event id (pages pass the id of "
+            "their first render; a reconnect's Last-Event-ID wins)"
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `metrics`, `logs` and `state`; reconnecting with `Last-Event-ID` resumes.
+    Without either id the stream starts from now. It ends once the run is finished and all was sent."""
+    maker = request.app.state.sessionmaker
+
+    def first_cursor() -> events_service.Cursor:
+        with maker() as session:
+            runs_service.get_run(session, run_id)
+            return (
+                events_service.Cursor.parse(last_event_id)
+                or events_service.Cursor.parse(after)
+                or events_service.start_cursor(session)
+            )
+
+    def poll(cursor: events_service.Cursor):
+        with maker() as session:
+            return events_service.poll(session, run_id, cursor)
+
+    cursor = await run_in_threadpool(first_cursor)
+
+    async def body() -> AsyncIterator[str]:
+        nonlocal cursor
+        yield "retry: 2000\n\n"
+        idle = 0.0
+        while True:
+            events, cursor, finished = await run_in_threadpool(poll, cursor)
+            for name, data in events:
+                yield f"id: {cursor}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
+            if finished:
+                yield f"id: {cursor}\nevent: end\ndata: {{}}\n\n"
+                return
+            if events:
+                idle = 0.0
+            else:
+                idle += settings.sse_poll_s
+                if idle >= 15:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(settings.sse_poll_s)
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,86 @@
+"""The FastAPI application factory: `create_app()` (uvicorn: `server.app:create_app --factory`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from server.api.routes import artifacts, imports, meta, runs
+from server.db import check_migrated, make_engine, make_sessionmaker
+from server.pages import router as pages_router
+from server.queue import CeleryEnqueuer
+from server.services.errors import Invalid, ServiceError
+from server.services.runs import Enqueue, sweep_lost
+from server.settings import Settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("obow.lab")
+
+
+async def _sweep_forever(app: FastAPI, every_s: float) -> None:
+    settings: Settings = app.state.settings
+
+    def once() -> list[int]:
+        with app.state.sessionmaker() as session:
+            return sweep_lost(session, settings.heartbeat_timeout_s, app.state.enqueue)
+
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            requeued = await run_in_threadpool(once)
+            if requeued:
+                log.warning("re-queued lost runs %s", requeued)
+        except Exception:  # the sweeper must outlive a database hiccup
+            log.exception("lost-run sweep failed")
+
+
+def create_app(
+    settings: Settings | None = None, enqueue: Enqueue | None = None, sweep_every_s: float = 30.0
+) -> FastAPI:
+    """Refuses to build on a database that is not at the latest migration (says how to fix it)."""
+    settings = settings or Settings()
+    engine = make_engine(settings.db_url)
+    check_migrated(engine)
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweep_forever(app, sweep_every_s)) if sweep_every_s > 0 else None
+        yield
+        if task is not None:
+            task.cancel()
+        engine.dispose()
+
+    app = FastAPI(
+        title="OBoW Lab",
+        version="1",
+        description="Runs, metrics, artifacts of OBoW pretraining, evaluation and export.",
+        docs_url="/api/docs",
+        openapi_url="/api/v1/openapi.json",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.enqueue = enqueue or CeleryEnqueuer(settings.celery_broker_url)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
+        if isinstance(err, Invalid):
+            return JSONResponse({"detail": err.errors}, status_code=422)
+        return JSONResponse({"detail": err.message}, status_code=err.status_code)
+
+    for router in (runs.router, artifacts.router, imports.router, meta.router):
+        app.include_router(router, prefix="/api/v1")
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,152 @@
+"""Dashboard pages (Jinja2). Pages read through the services; every change goes through the JSON API
+from the page's JavaScript, authenticated by the session cookie plus the CSRF token in the page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from obow.config import list_presets
+from server.api.deps import SESSION_COOKIE, DbDep, SettingsDep, current_session_token
+from server.services import events as events_service
+from server.services import kinds as kinds_service
+from server.services import runs as runs_service
+from server.services import tokens
+from server.services.errors import NotFound
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+router = APIRouter(include_in_schema=False)
+
+
+def _context(request: Request, db, settings, **extra: Any) -> dict[str, Any]:
+    user = current_session_token(request, db, settings)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return {
+        "request": request,
+        "user": user,
+        "csrf": tokens.csrf_token(settings.secret_key, cookie) if user is not None and cookie else "",
+        **extra,
+    }
+
+
+def _render(name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(context["request"], name, context, status_code=status)
+
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+    kinds = kinds_service.kinds()
+    return _render("runs.html", _context(request, db, settings, kinds=kinds, can_import="import" in kinds))
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, db: DbDep, settings: SettingsDep, next: str = "/") -> HTMLResponse:
+    return _render("login.html", _context(request, db, settings, next=_safe_next(next), error=None))
+
+
+def _safe_next(target: str) -> str:
+    """Only same-site paths: a login link must not redirect to another site."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@router.post("/login", response_model=None)
+def login(
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    token: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    row = tokens.verify_token(db, token.strip())
+    if row is None:
+        ctx = _context(request, db, settings, next=_safe_next(next), error="Unknown or revoked token.")
+        return _render("login.html", ctx, status=401)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        tokens.session_cookie(settings.secret_key, row),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=14 * 24 * 3600,
+    )
+    return response
+
+
+@router.post("/logout", response_model=None)
+def logout(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> Response:
+    if not tokens.csrf_ok(settings.secret_key, request.cookies.get(SESSION_COOKIE), csrf):
+        return Response("missing or wrong CSRF token", status_code=403)
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_page(
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    kind: str = "pretrain",
+    parent: int | None = None,
+    preset: str | None = None,
+) -> HTMLResponse:
+    if kind not in kinds_service.kinds() or kind == "import":
+        kind = "pretrain"
+    parent_run = runs_service.get_run(db, parent) if parent is not None else None
+    schemas = {k: kinds_service.json_schema(k) for k in kinds_service.kinds()}
+    ctx = _context(
+        request,
+        db,
+        settings,
+        kind=kind,
+        parent=parent_run,
+        parents=runs_service.runs_with_weights(db),
+        kinds=[k for k in kinds_service.kinds() if k != "import"],  # imports start from an upload
+        presets=list_presets(),
+        preset=preset if preset in list_presets() else None,
+        schemas_json=json.dumps(schemas).replace("</", "<\\/"),
+        checkpoint_fields=json.dumps(list(kinds_service.CHECKPOINT_FIELDS)),
+    )
+    return _render("new_run.html", ctx)
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+    try:
+        run = runs_service.get_run(db, run_id)
+    except NotFound as err:
+        return _render("error.html", _context(request, db, settings, message=err.message), status=404)
+    children, _ = runs_service.list_runs(db, parent_id=run_id, limit=500)
+    child_kinds = [
+        k
+        for k in kinds_service.kinds()
+        if k not in ("pretrain", "import", "export") and kinds_service.checkpoint_field(k) is not None
+    ]
+    ctx = _context(
+        request,
+        db,
+        settings,
+        run=run,
+        children=children,
+        child_kinds=child_kinds,
+        can_export="export" in kinds_service.kinds(),
+        # the stream starts where this render stands, so nothing falls between history and live events
+        cursor=str(events_service.start_cursor(db)),
+    )
+    return _render("run.html", ctx)
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request, db: DbDep, settings: SettingsDep, ids: Annotated[str, Query()] = ""
+) -> HTMLResponse:
+    chosen = [int(i) for i in ids.split(",") if i.strip().isdigit()][:12]
+    recent, _ = runs_service.list_runs(db, limit=100)
+    ctx = _context(request, db, settings, chosen=chosen, recent=recent)
+    return _render("compare.html", ctx)

@@ -1,0 +1,126 @@
+"""Request and response bodies of the REST API (pydantic); the ORM tables are in `server.models`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunCreate(BaseModel):
+    """A new run: a kind, and a preset and/or a spec (the spec's keys override the preset's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(..., description="A run kind from GET /api/v1/kinds, e.g. 'pretrain'")
+    preset: str | None = Field(None, description="A preset name from GET /api/v1/presets")
+    spec: dict[str, Any] = Field(default_factory=dict, description="The run's spec, or overrides")
+    parent_id: int | None = Field(
+        None, description="The run whose latest checkpoint an evaluation/export starts from"
+    )
+
+
+class ExportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(..., min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_\-]+$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    worker_host: str
+    gpu: str | None
+    pid: int
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    error: str | None
+
+
+class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    kind: str
+    format: str | None
+    options: dict[str, Any]
+    name: str
+    sha256: str
+    size: int
+    created_at: datetime
+    download_url: str
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    name: str
+    preset: str | None
+    spec: dict[str, Any]
+    parent_id: int | None
+    retry_of_id: int | None
+    queue: str
+    state: str
+    cancel_requested: bool
+    progress_done: int
+    progress_total: int
+    metric_keys: list[str]
+    last_metrics: dict[str, float]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class RunDetail(RunOut):
+    attempts: list[AttemptOut]
+    artifacts: list[ArtifactOut]
+    children: list[RunOut]
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class Series(BaseModel):
+    key: str
+    steps: list[int]
+    values: list[float]
+    downsampled: bool
+    total_points: int
+
+
+class MetricsOut(BaseModel):
+    run_id: int
+    series: list[Series]
+
+
+class LogOut(BaseModel):
+    id: int
+    time: float
+    level: str
+    message: str
+
+
+class PresetOut(BaseModel):
+    name: str
+    kind: str
+
+
+class KindOut(BaseModel):
+    kind: str
+    queue: str
+    needs_parent: bool
+    json_schema: dict[str, Any]

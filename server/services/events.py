@@ -1,0 +1,99 @@
+"""What the SSE stream sends: new metric points, new log lines and state changes of one run.
+
+An event id is the cursor `<last metric id>-<last log id>-<run version>`; each part only grows (one
+worker writes a run's rows, in order), so the ids increase monotonically and a client that reconnects
+with `Last-Event-ID` gets exactly what it missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.models import LogLine, Metric, Run
+from server.services.errors import NotFound
+
+MAX_ROWS_PER_POLL = 5000
+
+
+@dataclass(frozen=True)
+class Cursor:
+    metric_id: int
+    log_id: int
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.metric_id}-{self.log_id}-{self.version}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor | None:
+        try:
+            metric_id, log_id, version = (int(part) for part in (text or "").split("-"))
+        except ValueError:
+            return None
+        if min(metric_id, log_id) < 0:
+            return None
+        return cls(metric_id, log_id, version)
+
+
+def start_cursor(session: Session) -> Cursor:
+    """New subscribers get what happens from now on (history comes from the REST reads); the global
+    maxima are O(1) index lookups whatever the run."""
+    metric_id = session.scalar(select(func.max(Metric.id))) or 0
+    log_id = session.scalar(select(func.max(LogLine.id))) or 0
+    return Cursor(metric_id, log_id, -1)
+
+
+def run_state(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "state": run.state,
+        "cancel_requested": run.cancel_requested,
+        "progress_done": run.progress_done,
+        "progress_total": run.progress_total,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "error": run.error,
+        "last_metrics": run.last_metrics,
+        "result": run.result,
+    }
+
+
+def poll(
+    session: Session, run_id: int, cursor: Cursor
+) -> tuple[list[tuple[str, dict[str, Any]]], Cursor, bool]:
+    """(events as (name, data), the cursor after them, whether the run is finished)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    events: list[tuple[str, dict[str, Any]]] = []
+    metric_id, log_id = cursor.metric_id, cursor.log_id
+    rows = session.execute(
+        select(Metric.id, Metric.key, Metric.step, Metric.value, Metric.time)
+        .where(Metric.run_id == run_id, Metric.id > cursor.metric_id)
+        .order_by(Metric.id)
+        .limit(MAX_ROWS_PER_POLL)
+    ).all()
+    if rows:
+        metric_id = rows[-1][0]
+        events.append(("metrics", {"points": [[r[1], r[2], r[3], r[4]] for r in rows]}))
+    lines = session.execute(
+        select(LogLine.id, LogLine.time, LogLine.level, LogLine.message)
+        .where(LogLine.run_id == run_id, LogLine.id > cursor.log_id)
+        .order_by(LogLine.id)
+        .limit(MAX_ROWS_PER_POLL)
+    ).all()
+    if lines:
+        log_id = lines[-1][0]
+        events.append(
+            ("logs", {"lines": [{"id": r[0], "time": r[1], "level": r[2], "message": r[3]} for r in lines]})
+        )
+    version = cursor.version
+    if run.version != cursor.version:
+        version = run.version
+        events.append(("state", run_state(run)))
+    finished = run.state in ("succeeded", "failed", "cancelled") and not rows and not lines
+    return events, Cursor(metric_id, log_id, version), finished

@@ -1,0 +1,260 @@
+// New-run form, generated from the kind's JSON schema (pydantic), filled from presets, validated inline:
+// bounds are checked as you type, and the server's 422 answers are shown next to the fields they name.
+"use strict";
+(function () {
+  const schemas = JSON.parse(document.getElementById("schemas").textContent);
+  const checkpointFields = JSON.parse(document.getElementById("checkpoint-fields").textContent);
+  const kindSelect = document.getElementById("kind");
+  const presetSelect = document.getElementById("preset");
+  const presetLabel = document.getElementById("preset-label");
+  const form = document.getElementById("spec-form");
+  const fields = document.getElementById("fields");
+  const formError = document.getElementById("form-error");
+  const parentSelect = document.getElementById("parent");
+  const parentLabel = document.getElementById("parent-label");
+  let constants = {};
+
+  function resolve(node, root) {
+    while (node && node.$ref) node = root.$defs[node.$ref.split("/").pop()];
+    return node || {};
+  }
+
+  function variantsOf(node, root) {
+    node = resolve(node, root);
+    const list = node.anyOf || node.oneOf;
+    if (!list) return { variants: [node], nullable: false };
+    const variants = list.map((v) => resolve(v, root)).filter((v) => v.type !== "null");
+    return { variants, nullable: variants.length < list.length };
+  }
+
+  function modeOf(variants) {
+    if (variants.length !== 1) return "json";
+    const v = variants[0];
+    if (v.const !== undefined) return "const";
+    if (v.enum) return "enum";
+    if (v.type === "object" && v.properties) return "object";
+    return { boolean: "bool", integer: "int", number: "num", string: "str" }[v.type] || "json";
+  }
+
+  function title(name, node) { return node.title || name; }
+
+  function buildFields(container, schemaNode, root, path) {
+    const props = schemaNode.properties || {};
+    const required = new Set(schemaNode.required || []);
+    for (const [name, rawProp] of Object.entries(props)) {
+      const fieldPath = path ? `${path}.${name}` : name;
+      if (!path && checkpointFields.includes(name)) continue; // the server fills it from the parent run
+      const { variants, nullable } = variantsOf(rawProp, root);
+      const mode = modeOf(variants);
+      const prop = Object.assign({}, variants[0], rawProp);
+      if (mode === "const") { constants[fieldPath] = variants[0].const; continue; }
+      if (mode === "object") {
+        const set = document.createElement("fieldset");
+        set.dataset.path = fieldPath;
+        if ("default" in rawProp) set.dataset.default = JSON.stringify(rawProp.default);
+        set.innerHTML = `<legend>${Lab.esc(rawProp.title || name)}</legend><div class="field-error" data-error-for="${fieldPath}"></div>`;
+        buildFields(set, variants[0], root, fieldPath);
+        container.appendChild(set);
+        continue;
+      }
+      const wrap = document.createElement("div");
+      wrap.className = "field";
+      const id = `f-${fieldPath.replace(/\./g, "-")}`;
+      let input;
+      if (mode === "enum") {
+        input = document.createElement("select");
+        const options = (nullable ? [""] : []).concat(variants[0].enum);
+        input.innerHTML = options.map((o) => `<option value="${Lab.esc(o)}">${o === "" ? "(none)" : Lab.esc(o)}</option>`).join("");
+      } else if (mode === "bool") {
+        input = document.createElement("input");
+        input.type = "checkbox";
+      } else {
+        input = document.createElement("input");
+        input.type = mode === "int" || mode === "num" ? "number" : "text";
+        if (mode === "int") input.step = "1";
+        if (mode === "num") input.step = "any";
+        if (mode === "json") input.placeholder = "JSON, e.g. [1, 2] or 0.5";
+      }
+      input.id = id;
+      input.name = fieldPath;
+      Object.assign(input.dataset, { path: fieldPath, mode, nullable: nullable ? "1" : "", required: required.has(name) ? "1" : "" });
+      input.dataset.bounds = JSON.stringify({
+        min: variants[0].minimum, max: variants[0].maximum, xmin: variants[0].exclusiveMinimum, xmax: variants[0].exclusiveMaximum,
+      });
+      if ("default" in rawProp) input.dataset.default = JSON.stringify(rawProp.default);
+      const help = prop.description ? `<div class="help">${Lab.esc(prop.description)}</div>` : "";
+      wrap.innerHTML = `<label for="${id}">${Lab.esc(title(name, prop))}</label>`;
+      wrap.appendChild(input);
+      wrap.insertAdjacentHTML("beforeend", `${help}<div class="field-error" data-error-for="${fieldPath}"></div>`);
+      container.appendChild(wrap);
+    }
+  }
+
+  function setInput(input, value) {
+    const mode = input.dataset.mode;
+    if (mode === "bool") input.checked = Boolean(value);
+    else if (value === null || value === undefined) input.value = "";
+    else if (mode === "json") input.value = JSON.stringify(value);
+    else input.value = String(value);
+  }
+
+  function inputAt(path) { return form.querySelector(`[data-path="${CSS.escape(path)}"]:not(fieldset)`); }
+
+  function applyValues(values, prefix) {
+    for (const [key, value] of Object.entries(values || {})) {
+      const path = prefix ? `${prefix}.${key}` : key;
+      const input = inputAt(path);
+      if (input) setInput(input, value);
+      else if (value && typeof value === "object" && !Array.isArray(value)) applyValues(value, path);
+    }
+  }
+
+  function readInput(input) {
+    const { mode, nullable } = input.dataset;
+    const raw = input.value.trim();
+    if (mode === "bool") return input.checked;
+    if (raw === "") {
+      if (nullable) return null;
+      if (mode === "str" && !input.dataset.default) return "";
+      return undefined; // left empty: the server applies the default (or names the missing field)
+    }
+    if (mode === "int" || mode === "num") {
+      const value = Number(raw);
+      if (!isFinite(value)) throw new Error("must be a number");
+      if (mode === "int" && !Number.isInteger(value)) throw new Error("must be a whole number");
+      const b = JSON.parse(input.dataset.bounds || "{}");
+      if (b.min !== undefined && value < b.min) throw new Error(`must be ≥ ${b.min}`);
+      if (b.max !== undefined && value > b.max) throw new Error(`must be ≤ ${b.max}`);
+      if (b.xmin !== undefined && value <= b.xmin) throw new Error(`must be > ${b.xmin}`);
+      if (b.xmax !== undefined && value >= b.xmax) throw new Error(`must be < ${b.xmax}`);
+      return value;
+    }
+    if (mode === "json") {
+      try { return JSON.parse(raw); } catch (_) { return raw; }
+    }
+    return raw;
+  }
+
+  function setNested(target, path, value) {
+    const keys = path.split(".");
+    let node = target;
+    for (const key of keys.slice(0, -1)) node = node[key] = node[key] || {};
+    node[keys[keys.length - 1]] = value;
+  }
+
+  function showError(path, message) {
+    let p = path;
+    while (p) {
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(p)}"]`);
+      if (slot) {
+        slot.textContent = slot.textContent ? `${slot.textContent}; ${message}` : message;
+        const field = slot.closest(".field");
+        if (field) field.classList.add("invalid");
+        return true;
+      }
+      p = p.includes(".") ? p.slice(0, p.lastIndexOf(".")) : "";
+    }
+    return false;
+  }
+
+  function clearErrors() {
+    form.querySelectorAll(".field-error").forEach((e) => { e.textContent = ""; });
+    form.querySelectorAll(".field.invalid").forEach((e) => e.classList.remove("invalid"));
+    formError.hidden = true;
+    formError.textContent = "";
+  }
+
+  function summary(message) {
+    formError.hidden = false;
+    formError.textContent = formError.textContent ? `${formError.textContent}; ${message}` : message;
+  }
+
+  function collect() {
+    const spec = {};
+    let ok = true;
+    for (const [path, value] of Object.entries(constants)) setNested(spec, path, value);
+    form.querySelectorAll("[data-mode]").forEach((input) => {
+      try {
+        const value = readInput(input);
+        if (value !== undefined) setNested(spec, input.dataset.path, value);
+      }
+      catch (err) { ok = false; showError(input.dataset.path, err.message); }
+    });
+    return ok ? spec : null;
+  }
+
+  function resetDefaults() {
+    form.querySelectorAll("[data-mode]").forEach((input) => {
+      setInput(input, input.dataset.default !== undefined ? JSON.parse(input.dataset.default) : null);
+    });
+    form.querySelectorAll("fieldset[data-default]").forEach((set) => {
+      applyValues(JSON.parse(set.dataset.default), set.dataset.path);
+    });
+  }
+
+  async function applyPreset() {
+    resetDefaults();
+    const name = presetSelect.value;
+    if (!name) return;
+    const result = await Lab.api("GET", `/presets/${name}`);
+    if (!result.ok) { summary(Lab.errorText(result)); return; }
+    applyValues(result.data, "");
+    const nameInput = inputAt("name");
+    if (nameInput && !result.data.name) nameInput.value = name;
+  }
+
+  function render() {
+    const kind = kindSelect.value;
+    const schema = schemas[kind];
+    constants = {};
+    fields.innerHTML = "";
+    clearErrors();
+    buildFields(fields, schema, schema, "");
+    presetLabel.hidden = kind !== "pretrain";
+    parentLabel.hidden = !Object.keys(schema.properties || {}).some((name) => checkpointFields.includes(name));
+    if (kind !== "pretrain") presetSelect.value = "";
+    resetDefaults();
+    if (presetSelect.value) applyPreset();
+  }
+
+  // validate as you type (not on blur: a layout change under the pointer would swallow the click on Launch)
+  form.addEventListener("input", (event) => {
+    const input = event.target;
+    if (!input.dataset || !input.dataset.mode) return;
+    const slot = form.querySelector(`[data-error-for="${CSS.escape(input.dataset.path)}"]`);
+    if (slot) slot.textContent = "";
+    input.closest(".field").classList.remove("invalid");
+    try { readInput(input); } catch (err) { showError(input.dataset.path, err.message); }
+  });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const spec = collect();
+    if (spec === null) { summary("Fix the fields marked in red."); return; }
+    const body = { kind: kindSelect.value, spec };
+    if (presetSelect.value) body.preset = presetSelect.value;
+    if (!parentLabel.hidden) {
+      if (!parentSelect.value) { summary("Choose the run to start from."); return; }
+      body.parent_id = Number(parentSelect.value);
+    }
+    const button = document.getElementById("launch");
+    button.disabled = true;
+    const result = await Lab.api("POST", "/runs", body);
+    button.disabled = false;
+    if (result.ok) { location.href = `/runs/${result.data.id}`; return; }
+    if (result.status === 422 && Array.isArray(result.data.detail)) {
+      for (const item of result.data.detail) {
+        const loc = item.loc.slice(item.loc[1] === "spec" ? 2 : 1).join(".");
+        if (item.loc[1] !== "spec" || !showError(loc, item.msg)) summary(`${loc || "spec"}: ${item.msg}`);
+      }
+      summary("The run was not created: fix the fields marked in red.");
+    } else {
+      summary(Lab.errorText(result));
+    }
+  });
+
+  kindSelect.addEventListener("change", render);
+  presetSelect.addEventListener("change", () => { clearErrors(); applyPreset(); });
+  render();
+})();

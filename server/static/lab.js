@@ -1,0 +1,64 @@
+// Shared helpers of the dashboard: JSON API calls with the page's CSRF token, formatting.
+"use strict";
+const Lab = {
+  csrf: (document.querySelector('meta[name="csrf"]') || {}).content || "",
+
+  async api(method, path, body) {
+    const opts = { method, headers: { "X-CSRF-Token": Lab.csrf }, credentials: "same-origin" };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const response = await fetch("/api/v1" + path, opts);
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    return { ok: response.ok, status: response.status, data };
+  },
+
+  errorText(result) {
+    const detail = result.data && result.data.detail;
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) return detail.map((d) => `${d.loc.join(".")}: ${d.msg}`).join("; ");
+    return `request failed (HTTP ${result.status})`;
+  },
+
+  esc(text) {
+    return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  },
+
+  when(iso) { return iso ? new Date(iso).toLocaleString() : ""; },
+
+  bytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+  },
+
+  num(v) {
+    if (v === null || v === undefined) return "";
+    const a = Math.abs(v);
+    return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(3) : Number(v.toPrecision(4)).toString();
+  },
+
+  duration(s) {
+    if (!isFinite(s) || s < 0) return "";
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
+    return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+  },
+
+  terminal(state) { return ["succeeded", "failed", "cancelled"].includes(state); },
+
+  // The number a runs list shows: an accuracy if there is one, else the loss, else anything.
+  keyMetric(last) {
+    const keys = Object.keys(last || {});
+    const pick = keys.find((k) => /knn/i.test(k)) || keys.find((k) => /acc|top1/i.test(k))
+      || keys.find((k) => /^loss_total$/.test(k)) || keys.find((k) => /^loss/i.test(k)) || keys[0];
+    return pick ? `${pick} ${Lab.num(last[pick])}` : "";
+  },
+
+  progressPct(run) {
+    if (run.state === "succeeded") return 100;
+    return run.progress_total ? Math.min(100, (100 * run.progress_done) / run.progress_total) : 0;
+  },
+};

@@ -1,0 +1,180 @@
+// Run page: live charts (SSE), progress and ETA, log tail, attempts, artifacts with downloads and
+// conversions, child evaluations/exports, cancel and retry.
+"use strict";
+(function () {
+  const root = document.getElementById("run");
+  const runId = Number(root.dataset.runId);
+  const $ = (id) => document.getElementById(id);
+  const series = new RunSeries();
+  const charts = new Map(); // group -> {plot, keys}
+  let run = null;
+  let renderPending = false;
+  let exportFormats = [];
+
+  function showActionError(message) { const el = $("action-error"); el.hidden = !message; el.textContent = message || ""; }
+
+  function renderState(state) {
+    run = Object.assign(run || {}, state);
+    const badge = $("state");
+    badge.className = `badge state-${run.state}`;
+    badge.textContent = run.state + (run.cancel_requested && run.state === "running" ? " (cancelling)" : "");
+    $("progress-bar").style.width = `${Lab.progressPct(run)}%`;
+    $("progress-text").textContent = run.progress_total ? `${run.progress_done} / ${run.progress_total}` : "";
+    let eta = "";
+    if (run.state === "running" && run.started_at && run.progress_done > 0 && run.progress_total) {
+      const elapsed = (Date.now() - new Date(run.started_at).getTime()) / 1000;
+      eta = `ETA ${Lab.duration((elapsed * (run.progress_total - run.progress_done)) / run.progress_done)}`;
+    } else if (run.started_at && run.finished_at) {
+      eta = `took ${Lab.duration((new Date(run.finished_at) - new Date(run.started_at)) / 1000)}`;
+    }
+    $("eta").textContent = eta;
+    $("run-error").hidden = !run.error;
+    $("run-error").textContent = run.error || "";
+    $("cancel").hidden = !["queued", "running", "lost"].includes(run.state) || run.cancel_requested;
+    $("retry").hidden = !["failed", "cancelled"].includes(run.state);
+  }
+
+  function renderCharts() {
+    renderPending = false;
+    const container = $("charts");
+    const groups = series.groups();
+    $("no-metrics").hidden = groups.size > 0;
+    for (const [group, keys] of groups) {
+      const data = Charts.align(keys.map((k) => series.series(k)));
+      const existing = charts.get(group);
+      if (existing && existing.keys.join() === keys.join()) {
+        existing.plot.setData(data);
+        continue;
+      }
+      const box = existing ? existing.box : undefined;
+      const plot = Charts.create(container, group, keys, data, box);
+      charts.set(group, { plot, keys, box: plot.root.parentNode });
+    }
+  }
+
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    setTimeout(renderCharts, 250);
+  }
+
+  function appendLogs(lines) {
+    const pre = $("logs");
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    const text = lines.map((l) => `${new Date(l.time * 1000).toLocaleTimeString()} ${l.level === "info" ? "" : l.level.toUpperCase() + " "}${l.message}`).join("\n");
+    pre.textContent = (pre.textContent ? pre.textContent + "\n" : "") + text;
+    const all = pre.textContent.split("\n");
+    if (all.length > 1000) pre.textContent = all.slice(-1000).join("\n");
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+
+  function artifactRow(a, withConvert) {
+    const convert = withConvert && exportFormats.length && ["checkpoint", "import"].includes(a.kind)
+      ? `<button type="button" class="secondary convert" data-artifact="${a.id}">Convert</button>` : "";
+    return `<tr><td>${Lab.esc(a.kind)}</td><td>${Lab.esc(a.name)}</td><td>${Lab.esc(a.format || "")}</td>
+      <td>${Lab.bytes(a.size)}</td><td title="${a.sha256}"><code>${a.sha256.slice(0, 12)}…</code></td>
+      <td><a class="download" href="${a.download_url}" download>Download</a> ${convert}</td></tr>`;
+  }
+
+  async function renderChildren(children) {
+    const rows = [];
+    for (const c of children) {
+      let result = c.result ? Object.entries(c.result).slice(0, 4).map(([k, v]) => `${k}: ${typeof v === "number" ? Lab.num(v) : Lab.esc(JSON.stringify(v)).slice(0, 40)}`).join(", ") : "";
+      if (c.kind === "export" && c.state === "succeeded") {
+        const arts = await Lab.api("GET", `/runs/${c.id}/artifacts`);
+        if (arts.ok) result += arts.data.map((a) => ` <a class="download export-download" href="${a.download_url}" download>${Lab.esc(a.name)}</a>`).join("");
+      }
+      rows.push(`<tr data-child="${c.id}"><td><a href="/runs/${c.id}">#${c.id}</a></td><td>${Lab.esc(c.kind)}</td>
+        <td><span class="badge state-${c.state}">${c.state}</span></td><td>${result || Lab.esc(c.error || "")}</td></tr>`);
+    }
+    $("children").innerHTML = rows.join("") || `<tr><td colspan="4" class="muted">None yet.</td></tr>`;
+  }
+
+  async function loadDetail() {
+    const result = await Lab.api("GET", `/runs/${runId}`);
+    if (!result.ok) return;
+    const detail = result.data;
+    renderState(detail);
+    $("attempts").innerHTML = detail.attempts.map((a) => `<tr><td>${a.id}</td><td>${Lab.esc(a.worker_host)}</td><td>${Lab.esc(a.gpu || "")}</td>
+      <td>${a.pid}</td><td>${Lab.when(a.started_at)}</td><td>${Lab.when(a.ended_at)}</td><td>${Lab.esc(a.outcome || "running")}${a.error ? ": " + Lab.esc(a.error) : ""}</td></tr>`).join("")
+      || `<tr><td colspan="7" class="muted">Not started.</td></tr>`;
+    $("artifacts").innerHTML = detail.artifacts.map((a) => artifactRow(a, true)).join("") || `<tr><td colspan="6" class="muted">None yet.</td></tr>`;
+    const exportForm = $("export-form");
+    if (exportForm) exportForm.hidden = !exportFormats.length || !detail.artifacts.some((a) => ["checkpoint", "import"].includes(a.kind));
+    await renderChildren(detail.children);
+    return detail;
+  }
+
+  async function loadHistory() {
+    const result = await Lab.api("GET", `/runs/${runId}/metrics?max_points=2000`);
+    if (result.ok) { series.setHistory(result.data.series); scheduleRender(); }
+  }
+
+  async function loadExportFormats() {
+    if (!$("export-form")) return;
+    const result = await Lab.api("GET", "/kinds");
+    const exp = result.ok && result.data.find((k) => k.kind === "export");
+    if (!exp) return;
+    const schema = exp.json_schema;
+    let fmt = schema.properties && schema.properties.format;
+    while (fmt && fmt.$ref) fmt = schema.$defs[fmt.$ref.split("/").pop()];
+    exportFormats = (fmt && (fmt.enum || (fmt.anyOf || []).flatMap((v) => v.enum || []))) || [];
+    $("export-format").innerHTML = exportFormats.map((f) => `<option>${Lab.esc(f)}</option>`).join("");
+    // the export's yes/no options (e.g. leave out the fc, BGR input) as checkboxes, from its schema
+    const flags = Object.entries(schema.properties || {}).filter(([, p]) => p.type === "boolean");
+    $("export-options").innerHTML = flags.map(([name, p]) =>
+      `<label title="${Lab.esc(p.description || "")}"><input type="checkbox" data-option="${Lab.esc(name)}"> ${Lab.esc(p.title || name)}</label>`).join("");
+  }
+
+  async function startExport() {
+    showActionError("");
+    const options = {};
+    document.querySelectorAll("#export-options [data-option]").forEach((box) => {
+      if (box.checked) options[box.dataset.option] = true;
+    });
+    const result = await Lab.api("POST", `/runs/${runId}/exports`, { format: $("export-format").value, options });
+    if (!result.ok) { showActionError(result.status === 401 ? "Log in to convert weights." : Lab.errorText(result)); return; }
+    await loadDetail();
+  }
+
+  function subscribe() {
+    const source = new EventSource(`/api/v1/runs/${runId}/events?after=${encodeURIComponent(root.dataset.cursor)}`);
+    source.addEventListener("metrics", (e) => { series.add(JSON.parse(e.data).points); scheduleRender(); });
+    source.addEventListener("logs", (e) => appendLogs(JSON.parse(e.data).lines));
+    source.addEventListener("state", (e) => {
+      const state = JSON.parse(e.data);
+      const before = run && run.state;
+      renderState(state);
+      if (before !== state.state) loadDetail();
+    });
+    source.addEventListener("end", () => { source.close(); loadDetail(); });
+  }
+
+  $("cancel").addEventListener("click", async () => {
+    const result = await Lab.api("POST", `/runs/${runId}/cancel`);
+    if (!result.ok) showActionError(result.status === 401 ? "Log in to cancel runs." : Lab.errorText(result));
+    else renderState(result.data);
+  });
+  $("retry").addEventListener("click", async () => {
+    const result = await Lab.api("POST", `/runs/${runId}/retry`);
+    if (!result.ok) showActionError(result.status === 401 ? "Log in to retry runs." : Lab.errorText(result));
+    else location.href = `/runs/${result.data.id}`;
+  });
+  const exportForm = $("export-form");
+  if (exportForm) exportForm.addEventListener("submit", (e) => { e.preventDefault(); startExport(); });
+  $("artifacts").addEventListener("click", (e) => { if (e.target.classList.contains("convert")) startExport(); });
+
+  (async () => {
+    subscribe(); // from the cursor of the page's render: history and stream overlap, never leave a gap
+    await loadExportFormats();
+    await Promise.all([loadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
+    // artifacts and child runs change without a state event of this run: refresh them while anything moves
+    setInterval(async () => {
+      const busy = run && !Lab.terminal(run.state);
+      const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
+      if (busy || childBusy) await loadDetail();
+      if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
+    }, 2000);
+    window.addEventListener("resize", () => { for (const { plot, box } of charts.values()) plot.setSize({ width: box.clientWidth, height: 240 }); });
+  })();
+})();

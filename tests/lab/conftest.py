@@ -1,0 +1,232 @@
+"""Fixtures for the lab: migrated databases on SQLite and PostgreSQL, an app with a recording
+enqueuer, a token. PostgreSQL and Redis must be up (scripts/services.sh): tests fail, never skip."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from obow import runs
+from server.app import create_app
+from server.db import make_engine, make_sessionmaker, upgrade
+from server.models import Base, Run
+from server.services import tokens
+from server.settings import Settings
+from tests.lab import fake_kinds
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+REPO = Path(__file__).resolve().parents[2]
+
+# The library's own kinds, before the fakes replace export/import for the in-process API tests (whose
+# fake trainer writes JSON "checkpoints"); live tests put the real ones back, as their worker has them.
+LIBRARY_KINDS = dict(runs.RUN_KINDS)
+fake_kinds.register()
+
+
+def _pg_admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as err:
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is unreachable (run scripts/services.sh): {err}")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    name = f"obow_lab_test_{uuid.uuid4().hex[:10]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory, request) -> dict[str, str]:
+    """Backend name -> URL of a database migrated to head (created lazily, once per session)."""
+    return {}
+
+
+def _db_url(backend: str, migrated: dict[str, str], tmp_path_factory, request) -> str:
+    if backend not in migrated:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'lab.db'}"
+        else:
+            url = request.getfixturevalue("pg_url")
+        upgrade(url)
+        migrated[backend] = url
+    return migrated[backend]
+
+
+def _truncate(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+@dataclass
+class Recorder:
+    """Stands in for Celery in API tests: remembers what would have been sent."""
+
+    sent: list[tuple[int, str]] = field(default_factory=list)
+    fail: bool = False
+
+    def __call__(self, run: Run) -> str:
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        self.sent.append((run.id, run.queue))
+        return f"task-{run.id}"
+
+
+@dataclass
+class Lab:
+    client: TestClient
+    settings: Settings
+    token: str
+    enqueue: Recorder
+    url: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def session(self):
+        return self.client.app.state.sessionmaker()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def lab(backend, migrated, tmp_path, tmp_path_factory, request) -> Iterator[Lab]:
+    url = _db_url(backend, migrated, tmp_path_factory, request)
+    _truncate(url)
+    settings = Settings(
+        home=tmp_path,
+        database_url=url,
+        artifact_root_dir=tmp_path / "artifacts",
+        secret_key_value="test-secret",
+        max_upload_mb=0.01,
+    )
+    recorder = Recorder()
+    app = create_app(settings, enqueue=recorder, sweep_every_s=0)
+    with TestClient(app) as client, app.state.sessionmaker() as session:
+        token = tokens.create_token(session, "tests")
+        yield Lab(client, settings, token, recorder, url)
+
+
+def count_rows(lab: Lab, table: str) -> int:
+    with lab.session() as session:
+        return session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def artifact_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@dataclass
+class Live:
+    url: str
+    token: str
+    settings: Settings
+    worker_log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
+    """uvicorn in a thread and a worker process, on Redis+PostgreSQL or the embedded SQLite pair."""
+    if mode.startswith("redis"):
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).flushdb()
+        except redis.ConnectionError as err:
+            pytest.fail(f"Redis at 127.0.0.1:6379 is unreachable (run scripts/services.sh): {err}")
+        db_url, broker = request.getfixturevalue("pg_url"), REDIS_URL
+        upgrade(db_url)
+        _truncate(db_url)
+    else:
+        db_url, broker = f"sqlite:///{tmp_path / 'lab.db'}", f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+        upgrade(db_url)
+    settings = Settings(
+        home=tmp_path,
+        database_url=db_url,
+        broker_url=broker,
+        artifact_root_dir=tmp_path / "artifacts",
+        secret_key_value="integration",
+    )
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        token = tokens.create_token(session, "integration")
+    engine.dispose()
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DATABASE_URL": db_url,
+        "CELERY_BROKER_URL": broker,
+        "ARTIFACT_ROOT": str(settings.artifact_root),
+        "OBOW_LAB_HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    saved = dict(runs.RUN_KINDS)
+    runs.RUN_KINDS.update(LIBRARY_KINDS)
+    request.addfinalizer(lambda: (runs.RUN_KINDS.clear(), runs.RUN_KINDS.update(saved)))
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.worker_main"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", token, settings, worker_log)
+    finally:
+        server.should_exit = True
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        thread.join(timeout=3)
+        if thread.is_alive():  # an SSE stream still open: stop without waiting for it
+            server.force_exit = True
+            thread.join(timeout=10)

@@ -1,0 +1,159 @@
+"""The reporter a worker hands to the library: batches metrics and log lines into the database,
+keeps the run's heartbeat fresh, records artifacts, and turns a cancel request into should_stop()."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.models import LogLine, Run, utcnow
+from server.services import artifacts as artifacts_service
+from server.services import metrics as metrics_service
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class DbReporter:
+    def __init__(
+        self,
+        maker: sessionmaker[Session],
+        run_id: int,
+        artifact_root: Path,
+        flush_every_s: float = 1.0,
+        flush_points: int = 5000,
+        stop_check_s: float = 1.0,
+        heartbeat_s: float = 10.0,
+    ) -> None:
+        self._maker = maker
+        self._run_id = run_id
+        self._root = artifact_root
+        self._flush_every_s = flush_every_s
+        self._flush_points = flush_points
+        self._stop_check_s = stop_check_s
+        self._points: list[tuple[str, int, float, float]] = []
+        self._logs: list[dict[str, Any]] = []
+        self._progress: tuple[int, int] | None = None
+        self._last: dict[str, float] = {}
+        self._last_flush = time.monotonic()
+        self._last_stop_check = 0.0
+        self._stop = False
+        self._skipped_keys: set[str] = set()
+        with maker() as session:
+            run = session.get(Run, run_id)
+            self._keys: list[str] = list(run.metric_keys or []) if run else []
+            self._last = dict(run.last_metrics or {}) if run else {}
+        self._beating = threading.Event()
+        self._beater = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True, name="heartbeat")
+        self._beater.start()
+
+    # -- the Reporter protocol -------------------------------------------------------------------
+    def log(self, message: str, level: str = "info") -> None:
+        self._logs.append(
+            {
+                "run_id": self._run_id,
+                "time": time.time(),
+                "level": level if level in LEVELS else "info",
+                "message": str(message),
+            }
+        )
+        self._maybe_flush()
+
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        now = time.time()
+        for key, value in values.items():
+            value = float(value)
+            if not math.isfinite(value):  # JSON has no NaN/inf: say so once instead of storing it
+                if key not in self._skipped_keys:
+                    self._skipped_keys.add(key)
+                    self.log(
+                        f"metric '{key}' is {value} at step {step}; non-finite values are not stored",
+                        "warning",
+                    )
+                continue
+            self._points.append((str(key)[:100], int(step), value, now))
+            self._last[str(key)[:100]] = value
+        self._maybe_flush()
+
+    def progress(self, done: int, total: int) -> None:
+        self._progress = (int(done), int(total))
+        self._maybe_flush()
+
+    def artifact(self, path: Path, kind: str, meta: Mapping[str, Any]) -> None:
+        self.flush()
+        with self._maker() as session:
+            artifacts_service.record(session, self._root, self._run_id, Path(path), kind, meta)
+            artifacts_service.forget_deleted(session, self._root, self._run_id, kind)
+            session.commit()
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_stop_check >= self._stop_check_s:
+            self._last_stop_check = now
+            with self._maker() as session:
+                row = session.execute(
+                    select(Run.cancel_requested, Run.state).where(Run.id == self._run_id)
+                ).one_or_none()
+            self._stop = row is None or bool(row[0]) or row[1] != "running"
+        self._maybe_flush()
+        return self._stop
+
+    # -- batching ----------------------------------------------------------------------------------
+    def _maybe_flush(self) -> None:
+        if (
+            len(self._points) >= self._flush_points
+            or time.monotonic() - self._last_flush >= self._flush_every_s
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """One transaction: points, log lines, progress, latest values, heartbeat."""
+        self._last_flush = time.monotonic()
+        points, logs, progress = self._points, self._logs, self._progress
+        self._points, self._logs, self._progress = [], [], None
+        new_keys = sorted({p[0] for p in points} - set(self._keys))
+        self._keys += new_keys
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values.update(progress_done=progress[0], progress_total=progress[1])
+        if points:
+            values["last_metrics"] = dict(self._last)
+        if new_keys:
+            values["metric_keys"] = list(self._keys)
+        if points or progress is not None or new_keys:
+            values["version"] = Run.version + 1
+        with self._maker() as session:
+            if points and session.get_bind().dialect.name == "postgresql":
+                # metrics may lose their last second in a database crash; not worth a WAL flush each
+                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            metrics_service.ingest(session, self._run_id, points)
+            if logs:
+                session.execute(insert(LogLine), logs)
+            session.execute(update(Run).where(Run.id == self._run_id).values(**values))
+            session.commit()
+
+    def _beat(self, every_s: float) -> None:
+        """Heartbeats from a thread, so a long step (data loading, an evaluation) is not taken for a
+        dead worker."""
+        while not self._beating.wait(every_s):
+            try:
+                with self._maker() as session:
+                    session.execute(
+                        update(Run)
+                        .where(Run.id == self._run_id, Run.state == "running")
+                        .values(heartbeat_at=utcnow())
+                    )
+                    session.commit()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        self._beating.set()
+        self.flush()
+        self._beater.join(timeout=5)

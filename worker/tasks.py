@@ -1,0 +1,138 @@
+"""The one task every run kind uses: claim the run, call `obow.runs.run`, record the outcome.
+
+Idempotent by run id: a redelivered message for a run that another attempt holds (fresh heartbeat) or
+that has finished does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from obow import runs as obow_runs
+from obow.errors import ObowError, StopRequested
+from server.db import make_engine, make_sessionmaker
+from server.models import Artifact, Attempt, Run, utcnow
+from server.services.artifacts import run_dir
+from server.settings import Settings
+from worker.celery_app import RUN_TASK, app
+from worker.reporter import DbReporter
+
+_makers: dict[str, Any] = {}
+
+
+def _maker(settings: Settings):
+    if settings.db_url not in _makers:
+        _makers[settings.db_url] = make_sessionmaker(make_engine(settings.db_url))
+    return _makers[settings.db_url]
+
+
+def claim(maker, run_id: int, heartbeat_timeout_s: float) -> bool:
+    """The guarded transition into `running`; a live run (fresh heartbeat) is never taken twice."""
+    now = utcnow()
+    stale = now - timedelta(seconds=heartbeat_timeout_s)
+    with maker() as session:
+        claimed = session.execute(
+            update(Run)
+            .where(
+                Run.id == run_id,
+                Run.cancel_requested.is_(False),
+                or_(
+                    Run.state.in_(("queued", "lost")), and_(Run.state == "running", Run.heartbeat_at < stale)
+                ),
+            )
+            .values(state="running", started_at=now, heartbeat_at=now, error=None, version=Run.version + 1)
+        ).rowcount
+        session.commit()
+    return bool(claimed)
+
+
+def _seed_from_retry(maker, run: Run, out_dir: Path, root: Path) -> None:
+    """A retried run starts from the old run's latest checkpoint (copied into its empty directory)."""
+    if run.retry_of_id is None or any(out_dir.iterdir()):
+        return
+    with maker() as session:
+        ckpt = session.scalars(
+            select(Artifact)
+            .where(Artifact.run_id == run.retry_of_id, Artifact.kind == "checkpoint")
+            .order_by(Artifact.id.desc())
+        ).first()
+    if ckpt is None:
+        return
+    source = (root / ckpt.path).resolve()
+    if not source.is_file() or not source.is_relative_to(root):
+        return
+    # a copy, not a hard link: a library that rewrote the file in place would change the old run's artifact
+    shutil.copy2(source, out_dir / source.name)
+
+
+def execute_run(run_id: int, settings: Settings | None = None) -> str:
+    settings = settings or Settings()
+    maker = _maker(settings)
+    if not claim(maker, run_id, settings.heartbeat_timeout_s):
+        return "skipped"
+    root = settings.artifact_root
+    with maker() as session:
+        run = session.get(Run, run_id)
+        attempt = Attempt(
+            run_id=run_id,
+            worker_host=socket.gethostname(),
+            gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            pid=os.getpid(),
+        )
+        session.add(attempt)
+        session.commit()
+        attempt_id, kind, spec = attempt.id, run.kind, dict(run.spec)
+    out_dir = run_dir(root, run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _seed_from_retry(maker, run, out_dir, root.resolve())
+
+    reporter = DbReporter(maker, run_id, root)
+    state, error, result = "succeeded", None, None
+    try:
+        reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
+        result = obow_runs.run(kind, spec, out_dir, reporter)
+        if reporter.should_stop():
+            state = "cancelled"
+    except StopRequested:
+        state = "cancelled"
+    except ObowError as err:
+        state, error = "failed", str(err)
+    except Exception as err:  # a bug or a crash in the library: keep the traceback in the run's log
+        state, error = "failed", f"{type(err).__name__}: {err}"
+        reporter.log(traceback.format_exc(), "error")
+    finally:
+        try:
+            reporter.close()
+        except Exception:  # the final state below matters more than the last log lines
+            traceback.print_exc()
+    finish(maker, run_id, attempt_id, state, error, result)
+    return state
+
+
+def finish(maker, run_id: int, attempt_id: int, state: str, error: str | None, result: Any) -> None:
+    now = utcnow()
+    safe_result = json.loads(json.dumps(result, default=str)) if isinstance(result, dict) else None
+    with maker() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.state == "running")
+            .values(state=state, error=error, result=safe_result, finished_at=now, version=Run.version + 1)
+        )
+        session.execute(
+            update(Attempt).where(Attempt.id == attempt_id).values(ended_at=now, outcome=state, error=error)
+        )
+        session.commit()
+
+
+@app.task(name=RUN_TASK)
+def run_task(run_id: int) -> str:
+    return execute_run(int(run_id))
