@@ -21,6 +21,11 @@ RUN_KINDS: dict[str, tuple[str, str]] = {
     "export": ("obow.config.export:ExportSpec", "obow.export.run:run_export"),
     "import": ("obow.config.export:ImportSpec", "obow.export.run:run_import"),
     "words": ("obow.config.words:WordsSpec", "obow.analysis.run_words:run_words"),
+    "linear": ("obow.config.eval:LinearSpec", "obow.eval.linear:run_linear"),
+    "semisup": ("obow.config.eval:SemisupSpec", "obow.eval.semisup:run_semisup"),
+    "fewshot": ("obow.config.eval:FewshotSpec", "obow.eval.fewshot:run_fewshot"),
+    "knn": ("obow.config.eval:KnnSpec", "obow.eval.knn:run_knn"),
+    "svm": ("obow.config.eval:SvmSpec", "obow.eval.svm:run_svm"),
 }
 
 

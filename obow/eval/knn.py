@@ -6,8 +6,15 @@ exp(s / T), the usual protocol for self-supervised features.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from obow.config.eval import KnnSpec
+from obow.errors import ConfigError
+from obow.reporting import Reporter, check_stop
 
 
 def knn_predict(
@@ -48,3 +55,36 @@ def knn_accuracy(
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     scores = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes)
     return float((scores.argmax(1) == test_labels.long()).float().mean() * 100)
+
+
+def run_knn(spec: KnnSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """kNN top-1 of the frozen student: training split as the memory bank, test split as queries."""
+    from obow.data.multicrop import eval_transform
+    from obow.eval.common import ViewDataset, load_eval_backbone, loader, open_split, resolve_device, write_results
+    from obow.eval.features import extract_features
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(spec.device)
+    backbone = load_eval_backbone(spec.checkpoint, device).backbone
+    train_src = open_split(spec, spec.train_split, spec.subset)
+    test_src = open_split(spec, spec.test_split, spec.test_subset)
+    if max(spec.k) > len(train_src):
+        raise ConfigError(f"k ({max(spec.k)}) is larger than the memory bank ({len(train_src)} training images)")
+    transform = eval_transform(spec.resize, spec.size, spec.mean, spec.std)
+    feats = []
+    for n, source in enumerate((train_src, test_src)):
+        check_stop(reporter)
+        feats.append(extract_features(backbone, loader(ViewDataset(source, transform), spec, False), device,
+                                      progress=False))
+        reporter.progress(n + 1, 2)
+    (train_x, train_y), (test_x, test_y) = feats
+    accs = {str(k): knn_accuracy(train_x, train_y, test_x, test_y, k, spec.temperature, train_src.num_classes)
+            for k in spec.k}
+    reporter.metrics(0, {f"knn_top1_k{k}": v for k, v in accs.items()})
+    result = {"checkpoint": spec.checkpoint, "top1": accs, "temperature": spec.temperature,
+              "train_images": len(train_src), "test_images": len(test_src), "spec": spec.model_dump(mode="json")}
+    write_results(out_dir, "knn", result, [(k, spec.temperature, v) for k, v in accs.items()],
+                  ["k", "temperature", "top1"])
+    reporter.artifact(out_dir / "results.json", "results", {f"top1_k{k}": v for k, v in accs.items()})
+    return result
