@@ -17,6 +17,7 @@ from server.services import events as events_service
 from server.services import kinds as kinds_service
 from server.services import runs as runs_service
 from server.services import tokens
+from server.services import words as words_service
 from server.services.errors import NotFound
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
@@ -136,6 +137,8 @@ def run_page(request: Request, run_id: int, db: DbDep, settings: SettingsDep) ->
         children=children,
         child_kinds=child_kinds,
         can_export="export" in kinds_service.kinds(),
+        can_words=run.kind == "pretrain" and "words" in kinds_service.kinds(),
+        collapsed=words_service.collapsed_levels(run.last_metrics),
         # the stream starts where this render stands, so nothing falls between history and live events
         cursor=str(events_service.start_cursor(db)),
     )
@@ -150,3 +153,42 @@ def compare_page(
     recent, _ = runs_service.list_runs(db, limit=100)
     ctx = _context(request, db, settings, chosen=chosen, recent=recent)
     return _render("compare.html", ctx)
+
+
+@router.get("/runs/{run_id}/words", response_class=HTMLResponse)
+def words_page(
+    request: Request,
+    run_id: int,
+    db: DbDep,
+    settings: SettingsDep,
+    level: str | None = None,
+    page: Annotated[int, Query(ge=0)] = 0,
+    word: int | None = None,
+) -> HTMLResponse:
+    """The cached gallery of the newest succeeded `words` child: one page of words, each with its
+    patches cut out of the contact sheet by CSS background-position (offsets from the JSON index)."""
+    try:
+        run = runs_service.get_run(db, run_id)
+    except NotFound as err:
+        return _render("error.html", _context(request, db, settings, message=err.message), status=404)
+    found = words_service.gallery(db, settings.artifact_root, run_id)
+    levels = list(found["levels"]) if found else []
+    level = level if level in levels else (levels[-1] if levels else None)
+    shown = None
+    if found and level is not None:
+        entry = found["levels"][level]
+        shown = {"sheet_id": entry["sheet_id"], **words_service.page_of_words(entry["index"], page, word=word)}
+    ctx = _context(
+        request,
+        db,
+        settings,
+        run=run,
+        gallery_run=found["run"] if found else None,
+        latest=words_service.latest_words_run(db, run_id),
+        levels=levels,
+        level=level,
+        shown=shown,
+        word=word,
+        patch_px=words_service.PATCH_PX,
+    )
+    return _render("words.html", ctx)

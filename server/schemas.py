@@ -124,3 +124,14 @@ class KindOut(BaseModel):
     queue: str
     needs_parent: bool
     json_schema: dict[str, Any]
+
+
+class WordsCreate(BaseModel):
+    """A visual-word gallery of a run's latest checkpoint; small defaults so a CPU worker is quick."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    words: int = Field(64, ge=1, le=8192)
+    patches: int = Field(8, ge=1, le=64)
+    max_images: int = Field(2000, ge=1)
+    levels: list[str] | None = None

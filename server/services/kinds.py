@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from obow import runs
 
 # Kinds that never need a GPU go to the cpu queue; everything else (training, evaluations) to gpu.
-CPU_KINDS = frozenset({"export", "import"})
+CPU_KINDS = frozenset({"export", "import", "words"})  # words: a short inference pass
 # Spec fields an evaluation/export reads its starting weights from, filled from the parent run.
 CHECKPOINT_FIELDS = ("checkpoint",)
 # Spec fields an import reads the uploaded file from.

@@ -47,6 +47,11 @@ const Lab = {
     return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
   },
 
+  // Vocabulary levels whose latest `collapse_lev@i` metric is 1 (mirrors server/services/words.py).
+  collapsedLevels(lastMetrics) {
+    return Object.entries(lastMetrics || {}).filter(([k, v]) => k.startsWith("collapse_") && typeof v === "number" && v >= 0.5)
+      .map(([k]) => k.slice(9)).sort();
+  },
   terminal(state) { return ["succeeded", "failed", "cancelled"].includes(state); },
 
   // The number a runs list shows: an accuracy if there is one, else the loss, else anything.

@@ -32,6 +32,20 @@
     $("run-error").textContent = run.error || "";
     $("cancel").hidden = !["queued", "running", "lost"].includes(run.state) || run.cancel_requested;
     $("retry").hidden = !["failed", "cancelled"].includes(run.state);
+    const collapsed = Lab.collapsedLevels(run.last_metrics);
+    $("collapse").hidden = !collapsed.length;
+    $("collapse").textContent = `vocabulary collapse: ${collapsed.join(", ")}`;
+  }
+
+  async function loadWords() {
+    if (!$("visual-words")) return;
+    const result = await Lab.api("GET", `/runs/${runId}/words`);
+    if (!result.ok) return;
+    const latest = result.data.latest;
+    const levels = Object.keys(result.data.levels);
+    $("words-state").textContent = (levels.length ? `cached: ${levels.join(", ")}` : "no gallery yet")
+      + (latest && latest.state !== "succeeded" ? ` · newest #${latest.id} ${latest.state}` : "");
+    $("generate-words").textContent = levels.length ? "Regenerate visual words" : "Generate visual words";
   }
 
   function renderCharts() {
@@ -102,6 +116,7 @@
     const exportForm = $("export-form");
     if (exportForm) exportForm.hidden = !exportFormats.length || !detail.artifacts.some((a) => ["checkpoint", "import"].includes(a.kind));
     await renderChildren(detail.children);
+    await loadWords();
     return detail;
   }
 
@@ -159,6 +174,12 @@
     const result = await Lab.api("POST", `/runs/${runId}/retry`);
     if (!result.ok) showActionError(result.status === 401 ? "Log in to retry runs." : Lab.errorText(result));
     else location.href = `/runs/${result.data.id}`;
+  });
+  if ($("generate-words")) $("generate-words").addEventListener("click", async () => {
+    showActionError("");
+    const result = await Lab.api("POST", `/runs/${runId}/words`, {});
+    if (!result.ok) showActionError(result.status === 401 ? "Log in to generate visual words." : Lab.errorText(result));
+    await loadDetail();
   });
   const exportForm = $("export-form");
   if (exportForm) exportForm.addEventListener("submit", (e) => { e.preventDefault(); startExport(); });

@@ -18,7 +18,7 @@
       <td><a href="/runs/${run.id}">${run.id}</a></td>
       <td><a href="/runs/${run.id}">${Lab.esc(run.name)}</a></td>
       <td>${Lab.esc(run.kind)}</td>
-      <td><span class="badge state-${run.state}">${run.state}</span></td>
+      <td><span class="badge state-${run.state}">${run.state}</span>${Lab.collapsedLevels(run.last_metrics).length ? ` <span class="badge collapse" title="vocabulary collapse: ${Lab.collapsedLevels(run.last_metrics).join(", ")}">collapse</span>` : ""}</td>
       <td><div class="progress" title="${run.progress_done}/${run.progress_total}"><div style="width:${pct}%"></div></div></td>
       <td>${Lab.esc(Lab.keyMetric(run.last_metrics))}</td>
       <td class="muted">${Lab.when(run.created_at)}</td></tr>`;

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from server.api.deps import DbDep, SettingsDep
 from server.services import artifacts as artifacts_service
+from server.services import words as words_service
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
@@ -24,3 +25,10 @@ def download(artifact_id: int, db: DbDep, settings: SettingsDep) -> FileResponse
         filename=path.name,
         headers={"X-Content-SHA256": row.sha256, "Repr-Digest": f"sha-256=:{digest}:"},
     )
+
+
+@router.get("/{artifact_id}/image", response_class=FileResponse)
+def image(artifact_id: int, db: DbDep, settings: SettingsDep) -> FileResponse:
+    """A visual-word contact sheet as an inline PNG (the gallery positions patches on it with CSS)."""
+    path = words_service.image_for(db, settings.artifact_root, artifact_id)
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

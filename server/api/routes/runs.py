@@ -22,6 +22,7 @@ from server.schemas import (
     RunOut,
     RunPage,
     Series,
+    WordsCreate,
 )
 from server.services import artifacts as artifacts_service
 from server.services import events as events_service
@@ -29,6 +30,7 @@ from server.services import exports as exports_service
 from server.services import logs as logs_service
 from server.services import metrics as metrics_service
 from server.services import runs as runs_service
+from server.services import words as words_service
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -122,6 +124,31 @@ def create_export(
     return RunOut.model_validate(
         exports_service.create_export(db, run_id, body, settings.artifact_root, enqueue)
     )
+
+
+@router.post("/{run_id}/words", status_code=201, response_model=RunOut)
+def create_words(
+    run_id: int, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+) -> RunOut:
+    """A `words` child run (cpu queue) drawing the visual-word gallery of the run's latest checkpoint."""
+    run = words_service.create_words(db, run_id, body, settings.artifact_root, enqueue)
+    return RunOut.model_validate(run)
+
+
+@router.get("/{run_id}/words")
+def get_words(run_id: int, db: DbDep, settings: SettingsDep) -> dict:
+    """The newest words child (any state) and, when one has succeeded, its gallery's levels."""
+    runs_service.get_run(db, run_id)
+    latest = words_service.latest_words_run(db, run_id)
+    found = words_service.gallery(db, settings.artifact_root, run_id)
+    return {
+        "latest": RunOut.model_validate(latest).model_dump(mode="json") if latest else None,
+        "gallery_run_id": found["run"].id if found else None,
+        "levels": {
+            level: {"sheet_id": v["sheet_id"], "words": len(v["index"].get("words", []))}
+            for level, v in (found["levels"].items() if found else [])
+        },
+    }
 
 
 @router.get("/{run_id}/events", response_class=StreamingResponse)
