@@ -163,7 +163,7 @@ def words_page(
     settings: SettingsDep,
     level: str | None = None,
     page: Annotated[int, Query(ge=0)] = 0,
-    word: int | None = None,
+    word: str = "",  # the search box: empty when only the level changes
 ) -> HTMLResponse:
     """The cached gallery of the newest succeeded `words` child: one page of words, each with its
     patches cut out of the contact sheet by CSS background-position (offsets from the JSON index)."""
@@ -171,13 +171,14 @@ def words_page(
         run = runs_service.get_run(db, run_id)
     except NotFound as err:
         return _render("error.html", _context(request, db, settings, message=err.message), status=404)
+    wanted = int(word) if word.strip().isdigit() else None
     found = words_service.gallery(db, settings.artifact_root, run_id)
     levels = list(found["levels"]) if found else []
     level = level if level in levels else (levels[-1] if levels else None)
     shown = None
     if found and level is not None:
         entry = found["levels"][level]
-        shown = {"sheet_id": entry["sheet_id"], **words_service.page_of_words(entry["index"], page, word=word)}
+        shown = {"sheet_id": entry["sheet_id"], **words_service.page_of_words(entry["index"], page, word=wanted)}
     ctx = _context(
         request,
         db,
@@ -188,7 +189,7 @@ def words_page(
         levels=levels,
         level=level,
         shown=shown,
-        word=word,
+        word=wanted,
         patch_px=words_service.PATCH_PX,
     )
     return _render("words.html", ctx)

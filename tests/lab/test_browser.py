@@ -1,6 +1,6 @@
 """The dashboard in a real browser (Debian's chromium, headless, driven by Playwright): log in, launch a
 run from the generated form (with inline validation first), watch the chart grow live, convert the
-weights and download them."""
+weights and download them, browse the visual-word gallery."""
 
 from __future__ import annotations
 
@@ -114,6 +114,25 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         (artifact,) = client.artifacts(export["id"])
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == artifact["sha256"]
     assert artifact["format"] == "safetensors"
+
+    # visual words: a `words` child run from the run page, then its cached gallery, paged
+    page.click("#generate-words")
+    expect(page.locator("#words-state")).to_contain_text("cached: block3, block4", timeout=90_000)
+    page.click("#words-link")
+    page.wait_for_url(f"{live.url}/runs/{run_id}/words")
+    expect(page.locator(".word")).to_have_count(16)
+    expect(page.locator("#page-info")).to_contain_text("page 1 of")
+    sheet = page.evaluate(
+        "async () => { const s = getComputedStyle(document.querySelector('.patch')).backgroundImage;"
+        " const r = await fetch(s.slice(5, -2)); return [r.status, r.headers.get('content-type')]; }"
+    )
+    assert sheet == [200, "image/png"]
+    page.click("#next-page")
+    expect(page.locator("#page-info")).to_contain_text("page 2 of")
+    page.select_option('select[name="level"]', "block3")
+    expect(page.locator('select[name="level"]')).to_have_value("block3")
+    expect(page.locator(".patch").first).to_be_visible()
+    page.goto(f"{live.url}/runs/{run_id}")
 
     # a torchvision ResNet-18 state dict uploaded from the runs list becomes an import run
     import torch
