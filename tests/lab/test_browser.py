@@ -75,6 +75,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         ("data.batch_size", "16"),
         ("runtime.print_freq", "1"),
         ("runtime.workers", "0"),
+        ("runtime.health_window", "4"),
     ):
         page.fill(f'[data-path="{path}"]', value)
     page.select_option('[data-path="runtime.device"]', "cpu")
@@ -98,6 +99,9 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         ".some(c => c.dataset.title === 'loss' && c.plot.data[0].length >= 16)"
     )
     expect(page.locator("#progress-text")).to_have_text("16 / 16")
+    # vocabulary health next to the losses: every 4 steps (health_window), temperature every step
+    for title in ("words used", "usage entropy (normalised)", "queue age", "temperature μ"):
+        expect(page.locator(f'.chart[data-title="{title}"]')).to_have_count(1)
     expect(page.locator("#cancel")).to_be_hidden()
     expect(page.locator("#retry")).to_be_hidden()
 
@@ -127,6 +131,10 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         " const r = await fetch(s.slice(5, -2)); return [r.status, r.headers.get('content-type')]; }"
     )
     assert sheet == [200, "image/png"]
+    # the runs list's and run page's collapse badge reads the latest collapse_lev@i values
+    assert page.evaluate(
+        "() => Lab.collapsedLevels({'collapse_lev@1': 1, 'collapse_lev@0': 0, 'words_used_lev@1': 0.01})"
+    ) == ["lev@1"]
     page.click("#next-page")
     expect(page.locator("#page-info")).to_contain_text("page 2 of")
     page.select_option('select[name="level"]', "block3")
