@@ -136,6 +136,11 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, path: Path) -> None:
         payload = load_training_checkpoint(path, map_location=self.device)
+        if not payload.get("optimizer"):
+            raise CheckpointError(
+                f"'{path.name}' was imported from another code base and has no optimizer state, so training "
+                f"cannot continue from it; evaluate or export it, or start a new run"
+            )
         saved = PretrainSpec.model_validate(payload["spec"])
         for section in ("model", "optim", "data"):
             ours, theirs = getattr(self.spec, section), getattr(saved, section)
