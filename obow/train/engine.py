@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +117,13 @@ class Trainer:
                 self.model.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.teacher)
             # Buffers are not re-broadcast: the vocabulary stays identical across ranks because every rank
             # inserts the same gathered features, which `check_ranks_agree` verifies.
-            self.network = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+            with warnings.catch_warnings():  # broadcast_buffers=False is still the way to skip the sync
+                warnings.simplefilter("ignore", FutureWarning)
+                self.network = nn.parallel.DistributedDataParallel(
+                    self.model,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False,
+                )
         if spec.runtime.compile:
             self.model.student.compile()
         o = spec.optim
@@ -136,6 +139,11 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, path: Path) -> None:
         payload = load_training_checkpoint(path, map_location=self.device)
+        if not payload.get("optimizer"):
+            raise CheckpointError(
+                f"'{path.name}' was imported from another code base and has no optimizer state, so training "
+                f"cannot continue from it; evaluate or export it, or start a new run"
+            )
         saved = PretrainSpec.model_validate(payload["spec"])
         for section in ("model", "optim", "data"):
             ours, theirs = getattr(self.spec, section), getattr(saved, section)
