@@ -10,7 +10,6 @@ checkpoint can never execute code.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from obow.errors import CheckpointError
+from obow.hashing import sha256_of  # noqa: F401  (re-exported: checkpoints and exports record it)
 
 PRETRAIN_FORMAT = "obow-lab/pretrain"
 FORMAT_VERSION = 1
@@ -57,14 +57,6 @@ def save_atomic(obj: Any, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:

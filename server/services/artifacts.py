@@ -6,7 +6,6 @@ ARTIFACT_ROOT; a row that points elsewhere is refused, never served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from obow.hashing import sha256_of
 from server.models import Artifact
 from server.schemas import ArtifactOut
 from server.services.errors import Forbidden, NotFound, TooLarge
@@ -25,12 +25,7 @@ from server.services.errors import Forbidden, NotFound, TooLarge
 SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+
 
 
 def run_dir(artifact_root: Path, run_id: int) -> Path:
@@ -56,7 +51,7 @@ def record(
         format=str(meta.get("format")) if meta.get("format") is not None else None,
         options=meta,
         path=resolved.relative_to(root).as_posix(),
-        sha256=sha256_file(resolved),
+        sha256=sha256_of(resolved),
         size=resolved.stat().st_size,
     )
     session.add(row)
