@@ -25,9 +25,6 @@ from server.services.errors import Forbidden, NotFound, TooLarge
 SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 
 
-
-
-
 def run_dir(artifact_root: Path, run_id: int) -> Path:
     return artifact_root / "runs" / str(run_id)
 
