@@ -38,20 +38,13 @@ async def create_import(
             raise Invalid(
                 [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
             ) from None
-        run = Run(
+        run = runs_service.queued_run(
             kind="import",
             name=name,
             preset=None,
             spec=spec,
             parent_id=None,
             queue=kinds_service.queue_for("import"),
-            state="queued",
-            cancel_requested=False,
-            progress_done=0,
-            progress_total=0,
-            version=0,
-            metric_keys=[],
-            last_metrics={},
         )
         session.add(run)
         session.flush()

@@ -194,7 +194,7 @@ def create_run(
     retry_of: Run | None = None,
 ) -> Run:
     spec = build_spec(session, body, artifact_root, extra)
-    run = Run(
+    run = queued_run(
         kind=body.kind,
         name=str(spec.get("name") or body.kind),
         preset=body.preset,
@@ -202,17 +202,16 @@ def create_run(
         parent_id=body.parent_id,
         retry_of_id=retry_of.id if retry_of else None,
         queue=kinds_service.queue_for(body.kind),
-        state="queued",
-        cancel_requested=False,
-        progress_done=0,
-        progress_total=0,
-        version=0,
-        metric_keys=[],
-        last_metrics={},
     )
-    session.add(run)
-    session.commit()
-    return _enqueue_or_fail(session, run, enqueue)
+    return add_run_row(session, run, enqueue)
+
+
+def queued_run(**fields: Any) -> Run:
+    """A new row in its initial state: queued, no progress, no metrics, version 0."""
+    return Run(
+        state="queued", cancel_requested=False, progress_done=0, progress_total=0, version=0, metric_keys=[],
+        last_metrics={}, **fields,
+    )
 
 
 def add_run_row(session: Session, run: Run, enqueue: Enqueue) -> Run:
@@ -250,7 +249,7 @@ def retry_run(session: Session, run_id: int, enqueue: Enqueue) -> Run:
     old = get_run(session, run_id)
     if old.state not in ("failed", "cancelled"):
         raise Conflict(f"run {run_id} is {old.state}; only failed or cancelled runs can be retried")
-    run = Run(
+    run = queued_run(
         kind=old.kind,
         name=old.name,
         preset=old.preset,
@@ -258,13 +257,6 @@ def retry_run(session: Session, run_id: int, enqueue: Enqueue) -> Run:
         parent_id=old.parent_id,
         retry_of_id=old.id,
         queue=old.queue,
-        state="queued",
-        cancel_requested=False,
-        progress_done=0,
-        progress_total=0,
-        version=0,
-        metric_keys=[],
-        last_metrics={},
     )
     return add_run_row(session, run, enqueue)
 
