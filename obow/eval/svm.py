@@ -30,11 +30,15 @@ from obow.eval.splits import image_names
 from obow.reporting import Reporter, check_stop
 
 
+def _as_ranking_input(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The three AP variants' common input: float64 scores, boolean positives, and the positive count."""
+    positives = np.asarray(positives).astype(bool)
+    return np.asarray(scores, dtype=np.float64), positives, int(positives.sum())
+
+
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     """Non-interpolated AP: Σ over distinct score thresholds of (recall gain) × precision. NaN without positives."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(positives).astype(bool)
-    total = int(positives.sum())
+    scores, positives, total = _as_ranking_input(scores, positives)
     if total == 0:
         return float("nan")
     order = np.argsort(-scores, kind="stable")
@@ -49,9 +53,7 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 def interpolated_ap(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the precision-recall curve after making precision non-increasing in recall
     (all-point interpolation, VOC2010+ and the fair benchmark's test). NaN without positives."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(positives).astype(bool)
-    total = int(positives.sum())
+    scores, positives, total = _as_ranking_input(scores, positives)
     if total == 0:
         return float("nan")
     hits = positives[np.argsort(-scores, kind="stable")]
@@ -62,9 +64,7 @@ def interpolated_ap(scores: np.ndarray, positives: np.ndarray) -> float:
 
 def voc07_ap(scores: np.ndarray, positives: np.ndarray) -> float:
     """Legacy VOC07 11-point interpolated AP: mean over recall r in {0, .1, ..., 1} of max precision at >= r."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(positives).astype(bool)
-    total = int(positives.sum())
+    scores, positives, total = _as_ranking_input(scores, positives)
     if total == 0:
         return float("nan")
     order = np.argsort(-scores, kind="stable")
