@@ -43,10 +43,15 @@ async def _sweep_forever(app: FastAPI, every_s: float) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, enqueue: Enqueue | None = None, sweep_every_s: float = 30.0
+    settings: Settings | None = None, enqueue: Enqueue | None = None, sweep_every_s: float | None = None
 ) -> FastAPI:
-    """Refuses to build on a database that is not at the latest migration (says how to fix it)."""
+    """Refuses to build on a database that is not at the latest migration (says how to fix it).
+
+    The lost-run sweep runs every half heartbeat lease (at most every 30 s), so a dead worker's run is
+    re-queued at most 1.5 leases after its last heartbeat; `sweep_every_s=0` turns it off (tests)."""
     settings = settings or Settings()
+    if sweep_every_s is None:
+        sweep_every_s = min(30.0, settings.heartbeat_timeout_s / 2)
     engine = make_engine(settings.db_url)
     check_migrated(engine)
     settings.artifact_root.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,11 @@ def _seed_from_retry(maker, run: Run, out_dir: Path, root: Path) -> None:
     shutil.copy2(source, out_dir / source.name)
 
 
+def heartbeat_interval(timeout_s: float) -> float:
+    """A few beats per lease, so one late beat (a busy database, a GC pause) never makes a run look lost."""
+    return max(0.2, min(10.0, timeout_s / 4))
+
+
 def execute_run(run_id: int, settings: Settings | None = None) -> str:
     settings = settings or Settings()
     maker = _maker(settings)
@@ -92,13 +97,18 @@ def execute_run(run_id: int, settings: Settings | None = None) -> str:
         session.commit()
         attempt_id, kind, spec = attempt.id, run.kind, dict(run.spec)
     out_dir = run_dir(root, run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _seed_from_retry(maker, run, out_dir, root.resolve())
-
-    reporter = DbReporter(maker, run_id, root)
+    reporter = DbReporter(maker, run_id, root, heartbeat_s=heartbeat_interval(settings.heartbeat_timeout_s))
     state, error, result = "succeeded", None, None
     try:
         reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _seed_from_retry(maker, run, out_dir, root.resolve())
+        except OSError as err:  # a full or read-only artifact root: the run fails and says where
+            raise ObowError(
+                f"cannot prepare the run's folder '{out_dir}': {err.strerror or err} (check ARTIFACT_ROOT: "
+                f"free space and write permission)"
+            ) from None
         result = obow_runs.run(kind, spec, out_dir, reporter)
         if reporter.should_stop():
             state = "cancelled"
