@@ -49,6 +49,10 @@ class DbReporter:
             run = session.get(Run, run_id)
             self._keys: list[str] = list(run.metric_keys or []) if run else []
             self._last = dict(run.last_metrics or {}) if run else {}
+        # keys an earlier attempt of this run wrote: this attempt's first point of each replaces the
+        # earlier attempt's points from that step on (a resume repeats the steps after the checkpoint)
+        self._earlier_keys = set(self._keys)
+        self._seen_keys: set[str] = set()
         self._beating = threading.Event()
         self._beater = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True, name="heartbeat")
         self._beater.start()
@@ -128,15 +132,45 @@ class DbReporter:
             values["metric_keys"] = list(self._keys)
         if points or progress is not None or new_keys:
             values["version"] = Run.version + 1
+        first_steps: dict[str, int] = {}
+        for key, step, _, _ in points:
+            if key not in self._seen_keys and step < first_steps.get(key, step + 1):
+                first_steps[key] = step
+        self._seen_keys.update(first_steps)
         with self._maker() as session:
             if points and session.get_bind().dialect.name == "postgresql":
                 # metrics may lose their last second in a database crash; not worth a WAL flush each
                 session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            replaced = self._supersede(session, first_steps)
+            if replaced:
+                logs = [*logs, self._replaced_line(replaced)]
             metrics_service.ingest(session, self._run_id, points)
             if logs:
                 session.execute(insert(LogLine), logs)
             session.execute(update(Run).where(Run.id == self._run_id).values(**values))
             session.commit()
+
+    def _supersede(self, session: Session, first_steps: dict[str, int]) -> dict[str, tuple[int, int]]:
+        """key -> (from step, points dropped) for keys whose earlier points this attempt repeats."""
+        replaced = {}
+        for key, step in first_steps.items():
+            if key not in self._earlier_keys:
+                continue
+            last = metrics_service.max_step(session, self._run_id, key)
+            if last is not None and last >= step:
+                replaced[key] = (step, metrics_service.supersede(session, self._run_id, key, step))
+        return replaced
+
+    def _replaced_line(self, replaced: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        start = min(step for step, _ in replaced.values())
+        dropped = sum(count for _, count in replaced.values())
+        return {
+            "run_id": self._run_id,
+            "time": time.time(),
+            "level": "info",
+            "message": f"resumed at step {start}: {dropped} points of {len(replaced)} metric(s) written after "
+            f"the last checkpoint by an earlier attempt are replaced by this attempt's",
+        }
 
     def _beat(self, every_s: float) -> None:
         """Heartbeats from a thread, so a long step (data loading, an evaluation) is not taken for a

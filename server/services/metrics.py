@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -131,6 +131,47 @@ def ingest(session: Session, run_id: int, points: Sequence[Point]) -> None:
             [{"run_id": run_id, "key": k, "step": s, "value": v, "time": t} for k, s, v, t in points],
         )
     _upsert_blocks(session, run_id, _blocks(points))
+
+
+def max_step(session: Session, run_id: int, key: str) -> int | None:
+    """The last stored step of a key (from the coarsest blocks: one or two rows)."""
+    return session.scalar(
+        select(func.max(MetricBlock.max_step)).where(
+            MetricBlock.run_id == run_id, MetricBlock.key == key, MetricBlock.level == len(BLOCK_SIZES) - 1
+        )
+    )
+
+
+def supersede(session: Session, run_id: int, key: str, from_step: int) -> int:
+    """Drop a key's points at `from_step` and later, and rebuild the blocks they were part of.
+
+    A resumed attempt repeats the steps its dead predecessor ran after the last checkpoint; its points
+    replace those, so no step is counted twice in a chart, a downsampled read or a block's count. The
+    blocks from the enclosing coarsest block on are deleted at every level and rebuilt from the points
+    kept before `from_step` (at most one coarsest block of them). No commit. Returns the points dropped.
+    """
+    coarsest = BLOCK_SIZES[-1]
+    base = (from_step // coarsest) * coarsest
+    dropped = session.execute(
+        delete(Metric).where(Metric.run_id == run_id, Metric.key == key, Metric.step >= from_step)
+    ).rowcount
+    for level, size in enumerate(BLOCK_SIZES):
+        session.execute(
+            delete(MetricBlock).where(
+                MetricBlock.run_id == run_id,
+                MetricBlock.key == key,
+                MetricBlock.level == level,
+                MetricBlock.block >= base // size,
+            )
+        )
+    kept = session.execute(
+        select(Metric.step, Metric.value).where(
+            Metric.run_id == run_id, Metric.key == key, Metric.step >= base, Metric.step < from_step
+        )
+    ).all()
+    if kept:
+        _upsert_blocks(session, run_id, _blocks([(key, step, value, 0.0) for step, value in kept]))
+    return dropped or 0
 
 
 def _raw(session: Session, where: list, lo: int, hi: int) -> Agg | None:
