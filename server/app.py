@@ -18,6 +18,7 @@ from server.db import check_migrated, make_engine, make_sessionmaker
 from server.pages import router as pages_router
 from server.queue import CeleryEnqueuer
 from server.services.errors import Invalid, ServiceError
+from server.services.redelivery import Redelivery
 from server.services.runs import Enqueue, sweep_lost
 from server.settings import Settings
 
@@ -26,20 +27,31 @@ log = logging.getLogger("obow.lab")
 
 
 async def _sweep_forever(app: FastAPI, every_s: float) -> None:
+    """Re-queue runs whose worker died (stale heartbeat) and runs whose message the broker lost."""
     settings: Settings = app.state.settings
+    redelivery = Redelivery()
 
-    def once() -> list[int]:
+    def lost() -> list[int]:
         with app.state.sessionmaker() as session:
             return sweep_lost(session, settings.heartbeat_timeout_s, app.state.enqueue)
 
+    def redeliver() -> list[int]:
+        pending_task_ids = getattr(app.state.enqueue, "pending_task_ids", None)
+        pending = pending_task_ids() if pending_task_ids else None
+        if pending is None:
+            return []
+        with app.state.sessionmaker() as session:
+            return redelivery.sweep(session, pending, app.state.enqueue)
+
     while True:
         await asyncio.sleep(every_s)
-        try:
-            requeued = await run_in_threadpool(once)
-            if requeued:
-                log.warning("re-queued lost runs %s", requeued)
-        except Exception:  # the sweeper must outlive a database hiccup
-            log.exception("lost-run sweep failed")
+        for name, step in (("lost", lost), ("redelivered", redeliver)):
+            try:
+                ids = await run_in_threadpool(step)
+                if ids:
+                    log.warning("re-queued %s runs %s", name, ids)
+            except Exception as err:  # the sweeper must outlive a database or broker hiccup
+                log.warning("%s-run sweep failed: %s", name, err)
 
 
 def create_app(

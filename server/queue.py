@@ -1,13 +1,21 @@
-"""Sending runs to the workers by task name; the server never imports the tasks themselves."""
+"""Sending runs to the workers by task name, and asking the broker which messages it still holds; the
+server never imports the tasks themselves."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterable
 
 from celery import Celery
 
 from server.models import Run
-from worker.celery_app import RUN_TASK, make_celery
+from worker.celery_app import QUEUES, RUN_TASK, make_celery
+
+# kombu's Redis transport keeps a queue's messages in one list per priority step ("gpu", "gpu\x06\x163",
+# ...) and messages delivered but not yet acknowledged (acks_late: a run in progress) in one hash
+PRIORITY_SEPARATOR = "\x06\x16"
+UNACKED_HASH = "unacked"
 
 
 class CeleryEnqueuer:
@@ -21,3 +29,35 @@ class CeleryEnqueuer:
         task_id = f"run-{run.id}-{uuid.uuid4().hex[:12]}"
         self._app.send_task(RUN_TASK, args=[run.id], queue=run.queue, task_id=task_id, retry=False)
         return task_id
+
+    def pending_task_ids(self, queues: Iterable[str] = QUEUES) -> set[str] | None:
+        """Ids of the run messages the broker holds: waiting in a queue, or delivered and unacknowledged.
+
+        Only a Redis broker is asked (None otherwise): it can forget messages (a restart without
+        persistence, a failover), while the embedded SQLite transport keeps them in a file.
+        Raises when the broker is unreachable, so that a caller never mistakes that for "no messages".
+        """
+        if not self._broker_url.startswith(("redis://", "rediss://")):
+            return None
+        import redis
+
+        client = redis.Redis.from_url(self._broker_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            raw: list[bytes] = []
+            for queue in queues:
+                for key in [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in range(1, 10)]:
+                    raw += client.lrange(key, 0, -1)
+            found = {_task_id(message) for message in raw}
+            found |= {_task_id(entry, unacked=True) for entry in client.hvals(UNACKED_HASH)}
+        finally:
+            client.close()
+        return {task_id for task_id in found if task_id}
+
+
+def _task_id(raw: bytes, unacked: bool = False) -> str | None:
+    """A queued message is the payload itself; an unacknowledged one is [payload, exchange, routing key]."""
+    try:
+        payload = json.loads(raw)
+        return (payload[0] if unacked else payload)["headers"]["id"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None

@@ -290,9 +290,15 @@ def sweep_lost(session: Session, timeout_s: float, enqueue: Enqueue) -> list[int
         if not moved:
             continue
         run = session.get(Run, run_id)
-        if run is not None:
-            _enqueue_or_fail(session, run, enqueue)
-            requeued.append(run_id)
+        if run is None:
+            continue
+        try:
+            task_id = enqueue(run)
+        except Exception:  # broker down: the run stays `lost`, without a message; redelivery sends it later
+            task_id = None
+        session.execute(update(Run).where(Run.id == run_id).values(task_id=task_id))
+        session.commit()
+        requeued.append(run_id)
     session.commit()
     return requeued
 

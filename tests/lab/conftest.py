@@ -152,6 +152,29 @@ class Live:
     token: str
     settings: Settings
     worker_log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def spawn_worker(self) -> subprocess.Popen:
+        """Another worker process (the production command, solo pool, both queues)."""
+        log = open(self.worker_log, "ab")  # noqa: SIM115 - the child keeps it; closed with the process
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.worker_main"], cwd=REPO, env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
 
 
 def _free_port() -> int:
@@ -161,14 +184,23 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
-    """uvicorn in a thread and a worker process, on Redis+PostgreSQL or the embedded SQLite pair."""
+def start_live(
+    request,
+    tmp_path: Path,
+    mode: str,
+    heartbeat_timeout_s: float = 300.0,
+    broker_url: str | None = None,
+    workers: int = 1,
+) -> Iterator[Live]:
+    """uvicorn in a thread and worker processes, on Redis+PostgreSQL or the embedded SQLite pair. The
+    sweeper runs every half heartbeat lease, as in production."""
     if mode.startswith("redis"):
+        broker = broker_url or REDIS_URL
         try:
-            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).flushdb()
+            redis.Redis.from_url(broker, socket_connect_timeout=5).flushdb()
         except redis.ConnectionError as err:
-            pytest.fail(f"Redis at 127.0.0.1:6379 is unreachable (run scripts/services.sh): {err}")
-        db_url, broker = request.getfixturevalue("pg_url"), REDIS_URL
+            pytest.fail(f"Redis at {broker} is unreachable (run scripts/services.sh): {err}")
+        db_url = request.getfixturevalue("pg_url")
         upgrade(db_url)
         _truncate(db_url)
     else:
@@ -180,6 +212,7 @@ def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
         broker_url=broker,
         artifact_root_dir=tmp_path / "artifacts",
         secret_key_value="integration",
+        heartbeat_timeout_s=heartbeat_timeout_s,
     )
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:
@@ -193,21 +226,16 @@ def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
         "CELERY_BROKER_URL": broker,
         "ARTIFACT_ROOT": str(settings.artifact_root),
         "OBOW_LAB_HOME": str(tmp_path),
+        "OBOW_LAB_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s),
         "OMP_NUM_THREADS": "1",
     }
     saved = dict(runs.RUN_KINDS)
     runs.RUN_KINDS.update(LIBRARY_KINDS)
     request.addfinalizer(lambda: (runs.RUN_KINDS.clear(), runs.RUN_KINDS.update(saved)))
-    worker_log = tmp_path / "worker.log"
-    with open(worker_log, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tests.lab.worker_main"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     port = _free_port()
+    live = Live(f"http://127.0.0.1:{port}", token, settings, tmp_path / "worker.log", env)
+    for _ in range(workers):
+        live.spawn_worker()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -218,14 +246,10 @@ def start_live(request, tmp_path: Path, mode: str) -> Iterator[Live]:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield Live(f"http://127.0.0.1:{port}", token, settings, worker_log)
+        yield live
     finally:
         server.should_exit = True
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        live.stop_workers()
         thread.join(timeout=3)
         if thread.is_alive():  # an SSE stream still open: stop without waiting for it
             server.force_exit = True
