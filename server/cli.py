@@ -93,7 +93,13 @@ def serve(host: str | None, port: int | None) -> None:
 @lab.command("worker")
 @click.option("--gpus", default=None, help="Comma-separated GPU ids: one worker process per GPU")
 @click.option("--queues", default="gpu,cpu", show_default=True)
-@click.option("--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True)
+@click.option(
+    "--pool",
+    type=click.Choice(["solo", "prefork"]),
+    default="solo",
+    show_default=True,
+    help="solo: the worker process itself supervises each run (which runs in a child process of its own)",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(gpus: str | None, queues: str, pool: str, loglevel: str) -> None:
     """A Celery worker running one run at a time (per GPU with --gpus; the cpu queue gets its own)."""
@@ -193,7 +199,7 @@ def up(host: str | None, port: int | None) -> None:
     upgrade(settings.db_url)
     value = _create_token(settings, "lab up")
     host, port = host or settings.host, port or settings.port
-    worker_proc = _spawn_worker(["gpu", "cpu"], {}, "local", "prefork", "WARNING")
+    worker_proc = _spawn_worker(["gpu", "cpu"], {}, "local", "solo", "WARNING")
     try:
         app = create_app(settings)
         click.echo(f"OBoW Lab: http://{host}:{port}/   (API docs: http://{host}:{port}/api/docs)")

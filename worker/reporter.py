@@ -29,7 +29,7 @@ class DbReporter:
         flush_every_s: float = 1.0,
         flush_points: int = 5000,
         stop_check_s: float = 1.0,
-        heartbeat_s: float = 10.0,
+        heartbeat_s: float | None = 10.0,
     ) -> None:
         self._maker = maker
         self._run_id = run_id
@@ -54,8 +54,10 @@ class DbReporter:
         self._earlier_keys = set(self._keys)
         self._seen_keys: set[str] = set()
         self._beating = threading.Event()
-        self._beater = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True, name="heartbeat")
-        self._beater.start()
+        self._beater: threading.Thread | None = None
+        if heartbeat_s is not None:  # None: a supervising process keeps the heartbeat
+            self._beater = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True, name="heartbeat")
+            self._beater.start()
 
     # -- the Reporter protocol -------------------------------------------------------------------
     def log(self, message: str, level: str = "info") -> None:
@@ -190,4 +192,5 @@ class DbReporter:
     def close(self) -> None:
         self._beating.set()
         self.flush()
-        self._beater.join(timeout=5)
+        if self._beater is not None:
+            self._beater.join(timeout=5)

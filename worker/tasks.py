@@ -55,14 +55,14 @@ def claim(maker, run_id: int, heartbeat_timeout_s: float) -> bool:
     return bool(claimed)
 
 
-def _seed_from_retry(maker, run: Run, out_dir: Path, root: Path) -> None:
+def _seed_from_retry(maker, retry_of_id: int | None, out_dir: Path, root: Path) -> None:
     """A retried run starts from the old run's latest checkpoint (copied into its empty directory)."""
-    if run.retry_of_id is None or any(out_dir.iterdir()):
+    if retry_of_id is None or any(out_dir.iterdir()):
         return
     with maker() as session:
         ckpt = session.scalars(
             select(Artifact)
-            .where(Artifact.run_id == run.retry_of_id, Artifact.kind == "checkpoint")
+            .where(Artifact.run_id == retry_of_id, Artifact.kind == "checkpoint")
             .order_by(Artifact.id.desc())
         ).first()
     if ckpt is None:
@@ -79,12 +79,21 @@ def heartbeat_interval(timeout_s: float) -> float:
     return max(0.2, min(10.0, timeout_s / 4))
 
 
-def execute_run(run_id: int, settings: Settings | None = None) -> str:
+Outcome = tuple[str, str | None, Any]  # state, error, result
+
+
+def execute_run(run_id: int, settings: Settings | None = None, isolate: bool = False) -> str:
+    """Claim the run and execute one attempt of it.
+
+    With `isolate` (what workers do) the attempt runs in a forked child process in its own process group,
+    watched by this process: a cancel that the run does not honour within the grace period, or a child
+    that dies (out of memory, a segfault), ends the attempt at once instead of after a heartbeat lease.
+    In-process (`isolate=False`) is for tests and debugging.
+    """
     settings = settings or Settings()
     maker = _maker(settings)
     if not claim(maker, run_id, settings.heartbeat_timeout_s):
         return "skipped"
-    root = settings.artifact_root
     with maker() as session:
         run = session.get(Run, run_id)
         attempt = Attempt(
@@ -95,15 +104,50 @@ def execute_run(run_id: int, settings: Settings | None = None) -> str:
         )
         session.add(attempt)
         session.commit()
-        attempt_id, kind, spec = attempt.id, run.kind, dict(run.spec)
+        attempt_id, kind, spec, retry_of_id = attempt.id, run.kind, dict(run.spec), run.retry_of_id
+    beat_s = heartbeat_interval(settings.heartbeat_timeout_s)
+    if isolate:
+        from worker.supervisor import supervise
+
+        def in_child() -> Outcome:
+            return run_attempt(fresh_maker(settings), run_id, attempt_id, kind, spec, retry_of_id, settings, None)
+
+        state, error, result = supervise(maker, run_id, in_child, settings.cancel_grace_s, beat_s)
+    else:
+        state, error, result = run_attempt(maker, run_id, attempt_id, kind, spec, retry_of_id, settings, beat_s)
+    finish(maker, run_id, attempt_id, state, error, result)
+    return state
+
+
+def fresh_maker(settings: Settings):
+    """A forked child's own engine: the inherited pools' connections belong to the parent, so they are
+    dropped without being closed (closing would end the parent's sessions too)."""
+    for inherited in _makers.values():
+        inherited.kw["bind"].dispose(close=False)
+    _makers.clear()
+    return _maker(settings)
+
+
+def run_attempt(
+    maker,
+    run_id: int,
+    attempt_id: int,
+    kind: str,
+    spec: dict[str, Any],
+    retry_of_id: int | None,
+    settings: Settings,
+    heartbeat_s: float | None,
+) -> Outcome:
+    """Run the library's entry point with a database reporter; every error becomes the run's outcome."""
+    root = settings.artifact_root
     out_dir = run_dir(root, run_id)
-    reporter = DbReporter(maker, run_id, root, heartbeat_s=heartbeat_interval(settings.heartbeat_timeout_s))
+    reporter = DbReporter(maker, run_id, root, heartbeat_s=heartbeat_s)
     state, error, result = "succeeded", None, None
     try:
         reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _seed_from_retry(maker, run, out_dir, root.resolve())
+            _seed_from_retry(maker, retry_of_id, out_dir, root.resolve())
         except OSError as err:  # a full or read-only artifact root: the run fails and says where
             raise ObowError(
                 f"cannot prepare the run's folder '{out_dir}': {err.strerror or err} (check ARTIFACT_ROOT: "
@@ -122,15 +166,15 @@ def execute_run(run_id: int, settings: Settings | None = None) -> str:
     finally:
         try:
             reporter.close()
-        except Exception:  # the final state below matters more than the last log lines
+        except Exception:  # the final state matters more than the last log lines
             traceback.print_exc()
-    finish(maker, run_id, attempt_id, state, error, result)
-    return state
+    safe_result = json.loads(json.dumps(result, default=str)) if isinstance(result, dict) else None
+    return state, error, safe_result
 
 
 def finish(maker, run_id: int, attempt_id: int, state: str, error: str | None, result: Any) -> None:
     now = utcnow()
-    safe_result = json.loads(json.dumps(result, default=str)) if isinstance(result, dict) else None
+    safe_result = result if isinstance(result, dict) else None
     with maker() as session:
         session.execute(
             update(Run)
@@ -145,4 +189,5 @@ def finish(maker, run_id: int, attempt_id: int, state: str, error: str | None, r
 
 @app.task(name=RUN_TASK)
 def run_task(run_id: int) -> str:
-    return execute_run(int(run_id))
+    settings = Settings()
+    return execute_run(int(run_id), settings, isolate=settings.isolate_runs)

@@ -25,6 +25,7 @@ from obow.config.pretrain import PretrainSpec
 from obow.errors import CheckpointError, ConfigError, StopRequested
 from obow.models.health import UsageWindow, mean_queue_age
 from obow.models.obow import OBoW, build_obow
+from obow.procs import exit_with_parent
 from obow.reporting import NullReporter, Reporter
 from obow.train import distributed as dist_utils
 from obow.train.checkpoint import (
@@ -361,7 +362,8 @@ def _train_process(
             torch.distributed.destroy_process_group()
 
 
-def _spawned_rank(rank: int, world: int, spec_json: dict, out_dir: str, init_method: str) -> None:
+def _spawned_rank(rank: int, world: int, spec_json: dict, out_dir: str, init_method: str, parent: int) -> None:
+    exit_with_parent(parent)  # a rank whose rank 0 died would wait in a collective for half an hour
     _train_process(rank, world, PretrainSpec.model_validate(spec_json), Path(out_dir), NullReporter(), init_method)
 
 
@@ -386,7 +388,10 @@ def run_pretrain(spec: PretrainSpec, out_dir: Path, reporter: Reporter) -> dict[
     init_method = spec.runtime.dist_url or f"tcp://127.0.0.1:{dist_utils.free_port()}"
     ctx = torch.multiprocessing.get_context("spawn")
     others = [
-        ctx.Process(target=_spawned_rank, args=(r, world, spec.model_dump(mode="json"), str(out_dir), init_method))
+        ctx.Process(
+            target=_spawned_rank,
+            args=(r, world, spec.model_dump(mode="json"), str(out_dir), init_method, os.getpid()),
+        )
         for r in range(1, world)
     ]
     for proc in others:

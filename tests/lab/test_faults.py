@@ -29,14 +29,14 @@ LEASE_S = 4.0  # heartbeat lease of these tests: a dead worker's run is lost aft
 
 
 def pretrain(**runtime) -> dict:
-    """A tiny real pretraining: 2 epochs of 8 iterations (about 0.4 s each), a checkpoint every 3."""
+    """A tiny real pretraining: 2 epochs of 8 iterations (about 0.4 s each), a checkpoint every 5."""
     return {
         "kind": "pretrain",
         "preset": "FashionMNIST/tiny",
         "spec": {
             "optim": {"num_epochs": 2},
             "data": {"epoch_size": 512, "batch_size": 64},
-            "runtime": {"print_freq": 1, "workers": 0, "device": "cpu", "save_every_iters": 3, **runtime},
+            "runtime": {"print_freq": 1, "workers": 0, "device": "cpu", "save_every_iters": 5, **runtime},
         },
     }
 
@@ -83,13 +83,18 @@ def test_sigkilled_worker_run_is_lost_requeued_and_resumed_exactly(redis_pg, tmp
         # kill it once a checkpoint exists and points after it have been written
         def past_checkpoint() -> bool:
             current = client.run(run["id"])
+            assert current["state"] in ("queued", "running"), (current, live.worker_log.read_text()[-3000:])
             saved = [a["options"].get("iteration", 0) for a in checkpoints(current)]
             steps, _ = loss_series(client, run["id"]) if current["metric_keys"] else ([], [])
             return bool(saved and steps and steps[-1] > max(saved))
 
         wait_for(past_checkpoint, 120, "a checkpoint and points after it")
+        training = _descendants(victim.pid)
+        assert training, "the run is not in a child process of the worker"
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
+        # the run's process dies with its worker: nothing trains on while the run is handed on
+        wait_for(lambda: not [pid for pid in training if _cmdline(pid)], 10, "the run's process to die")
         killed_at = time.monotonic()
         at_kill = client.run(run["id"])
         assert at_kill["state"] == "running" and at_kill["progress_done"] < 16, "it finished before the kill"
@@ -226,16 +231,21 @@ def _loss(client: LabClient, run_id: int) -> list[tuple[int, float]]:
     return list(zip(series["steps"], series["values"], strict=True))
 
 
-def _children(pid: int) -> list[int]:
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children of children included), from /proc."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
-            except OSError:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
     return found
 
 
@@ -258,7 +268,7 @@ def test_cancel_stops_the_training_process_group_within_10_s(redis_pg):
         wait_for(lambda: checkpoints(client.run(run["id"])), 180, "a first checkpoint")
         # the other rank is a spawned child of the worker (beside multiprocessing's resource tracker)
         ranks = wait_for(
-            lambda: [pid for pid in _children(worker.pid) if "spawn_main" in _cmdline(pid)], 30, "the spawned rank"
+            lambda: [pid for pid in _descendants(worker.pid) if "spawn_main" in _cmdline(pid)], 30, "the spawned rank"
         )
         requested = time.monotonic()
         client.cancel(run["id"])

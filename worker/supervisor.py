@@ -1,0 +1,120 @@
+"""Running one attempt in a child process and watching it.
+
+The worker forks a child per attempt, in a process group of its own (the library's DDP ranks and data
+loader workers join it). The parent keeps the run's heartbeat, reads the cancel flag twice a second,
+and ends the attempt itself when the child will not:
+
+- cancel: the library stops at its next step and saves a checkpoint; if it has not exited
+  `grace_s` seconds after the request (a long evaluation, a hung data loader), the whole group gets
+  SIGTERM, then SIGKILL two seconds later. The run is `cancelled`; its last checkpoint (written
+  atomically) is what remains on disk.
+- the child dies (OOM killer, segfault, os._exit): the run fails at once, saying how it died, instead
+  of waiting for the heartbeat lease to run out.
+- the worker itself dies: the child gets SIGKILL from the kernel (PR_SET_PDEATHSIG), so nothing keeps
+  training while the sweeper hands the run to another worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sqlalchemy import select, update
+
+from obow.procs import exit_with_parent
+from server.models import Run, utcnow
+
+Outcome = tuple[str, str | None, Any]
+POLL_S = 0.5
+TERM_TO_KILL_S = 2.0
+
+
+def _child(conn: Connection, parent_pid: int, target: Callable[[], Outcome]) -> None:
+    os.setsid()  # a group of its own: the parent can stop every process the run started
+    exit_with_parent(parent_pid)
+    try:
+        outcome = target()
+    except BaseException as err:  # the target reports its own errors; this is a last resort
+        outcome = ("failed", f"{type(err).__name__}: {err}", None)
+        traceback.print_exc()
+    conn.send(outcome)
+    conn.close()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (the kernel's out-of-memory killer, or an external kill)" if -exitcode == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {exitcode} without reporting an outcome"
+
+
+def supervise(maker, run_id: int, target: Callable[[], Outcome], grace_s: float, heartbeat_s: float) -> Outcome:
+    """Run `target` in a forked child and return its outcome, or the one this watch decides."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(send, os.getpid(), target), name=f"obow-run-{run_id}")
+    child.start()
+    send.close()
+    outcome: Outcome | None = None
+    stop_seen: float | None = None
+    termed: float | None = None
+    last_beat = last_poll = 0.0
+    try:
+        while outcome is None:
+            if receive.poll(0.1):
+                try:
+                    outcome = receive.recv()
+                except EOFError:  # the child is gone without a word
+                    break
+                break
+            if not child.is_alive():
+                break
+            now = time.monotonic()
+            if now - last_poll >= POLL_S:
+                last_poll = now
+                with maker() as session:
+                    row = session.execute(
+                        select(Run.cancel_requested, Run.state).where(Run.id == run_id)
+                    ).one_or_none()
+                    if row is None or row[0] or row[1] != "running":
+                        stop_seen = stop_seen or now
+                    if now - last_beat >= heartbeat_s:
+                        last_beat = now
+                        session.execute(
+                            update(Run)
+                            .where(Run.id == run_id, Run.state == "running")
+                            .values(heartbeat_at=utcnow())
+                        )
+                        session.commit()
+            if stop_seen is not None and termed is None and now - stop_seen >= grace_s:
+                termed = now
+                _signal_group(child.pid, signal.SIGTERM)
+            if termed is not None and now - termed >= TERM_TO_KILL_S:
+                _signal_group(child.pid, signal.SIGKILL)
+    finally:
+        child.join(timeout=TERM_TO_KILL_S)
+        if child.is_alive():
+            _signal_group(child.pid, signal.SIGKILL)
+            child.join()
+        _signal_group(child.pid, signal.SIGKILL)  # ranks or loader workers the run left behind
+        receive.close()
+    if outcome is not None:
+        return outcome
+    if stop_seen is not None:
+        return "cancelled", None, None
+    return "failed", f"the run's process {describe_exit(child.exitcode)}", None
