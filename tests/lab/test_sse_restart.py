@@ -40,8 +40,8 @@ from tests.lab.test_browser import ARGS, CHROMIUM
 from worker.tasks import execute_run
 
 STEPS = 300
-SPEC = {"steps": STEPS, "sleep_s": 0.03}
-KILL_AFTER_STEP = 60  # the raw stream has seen this step: well inside the run (about 9 s long)
+SPEC = {"steps": STEPS, "sleep_s": 0.04}  # about 12 s of run
+KILL_AFTER_STEP = 60  # the raw stream has seen this step: well inside the run
 
 # Wraps EventSource before run.js runs: every stream of the page records what it receives.
 RECORDER = """
@@ -291,6 +291,10 @@ def test_streams_resume_after_the_server_is_killed_and_restarted(restartable, ne
     late = new_page(SLOW_HISTORY)
     log_in(late, server.url, lab.token, run_id)
     late.wait_for_function("() => window.__streams.page && window.__streams.page.opens === 1")
+    late.wait_for_function(  # its (slow) history has arrived: the kill must not be what stops it
+        "() => [...document.querySelectorAll('.chart')].some((c) => c.dataset.title === 'loss' && c.plot"
+        " && c.plot.data[0][0] === 0)"
+    )
 
     page.wait_for_function(
         f"() => window.__streams.raw.points.some(([k, s]) => k === 'loss' && s >= {KILL_AFTER_STEP})"
