@@ -13,8 +13,9 @@ import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -37,8 +38,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """Write with torch.save to a temp file in the same folder, fsync, then rename over `path`.
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(handle)` on a temp file in the same folder, fsync, then rename over `path`.
 
     A crash at any point leaves either the old file or the new one, never a torn file; on failure
     (disk full, permissions) the temp file is removed and the error propagates.
@@ -48,7 +49,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -57,6 +58,11 @@ def save_atomic(obj: Any, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save through `write_atomic`: the old checkpoint survives a failed or interrupted save."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:

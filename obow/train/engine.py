@@ -9,7 +9,6 @@ never interrupted (on CPU; GPU kernels are not bitwise deterministic).
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import warnings
@@ -37,6 +36,7 @@ from obow.train.checkpoint import (
     load_training_checkpoint,
     save_atomic,
     sha256_of,
+    write_atomic,
 )
 from obow.train.data import PretrainData, build_pretrain_data
 from obow.train.schedules import learning_rate
@@ -374,12 +374,18 @@ def run_pretrain(spec: PretrainSpec, out_dir: Path, reporter: Reporter) -> dict[
     are spawned processes on the same node.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise CheckpointError(f"output folder '{out_dir}' is not writable")
     import yaml
 
-    (out_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # atomic: a full disk must not leave an empty spec.yaml over the one an earlier attempt wrote
+        write_atomic(out_dir / "spec.yaml", lambda handle: handle.write(text))
+    except OSError as err:  # a full or read-only disk, before any training: one line naming the folder
+        raise CheckpointError(
+            f"cannot write to the output folder '{out_dir}': {err.strerror or err} (free space and write "
+            f"permission)"
+        ) from None
     world = spec.runtime.num_processes
     if world == 1:
         return _train_process(0, 1, spec, out_dir, reporter, None)

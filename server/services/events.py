@@ -1,8 +1,9 @@
 """What the SSE stream sends: new metric points, new log lines and state changes of one run.
 
-An event id is the cursor `<last metric id>-<last log id>-<run version>`; each part only grows (one
-worker writes a run's rows, in order), so the ids increase monotonically and a client that reconnects
-with `Last-Event-ID` gets exactly what it missed.
+An event id is the cursor `<last metric id>-<last log id>-<run version>` just after that event; each
+part only grows (one worker writes a run's rows, in order), so the ids increase strictly and a client
+that reconnects with `Last-Event-ID` gets exactly what it missed. Each event of a poll carries its own
+cursor: a connection cut between the `metrics` and the `logs` event of one poll resumes with the logs.
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ def run_state(run: Run) -> dict[str, Any]:
 
 def poll(
     session: Session, run_id: int, cursor: Cursor
-) -> tuple[list[tuple[str, dict[str, Any]]], Cursor, bool]:
-    """(events as (name, data), the cursor after them, whether the run is finished)."""
+) -> tuple[list[tuple[str, dict[str, Any], Cursor]], Cursor, bool]:
+    """(events as (name, data, the cursor after it), the cursor after them all, whether the run is
+    finished)."""
     run = session.get(Run, run_id)
     if run is None:
         raise NotFound(f"run {run_id} does not exist")
-    events: list[tuple[str, dict[str, Any]]] = []
+    events: list[tuple[str, dict[str, Any], Cursor]] = []
     metric_id, log_id = cursor.metric_id, cursor.log_id
     rows = session.execute(
         select(Metric.id, Metric.key, Metric.step, Metric.value, Metric.time)
@@ -79,7 +81,8 @@ def poll(
     ).all()
     if rows:
         metric_id = rows[-1][0]
-        events.append(("metrics", {"points": [[r[1], r[2], r[3], r[4]] for r in rows]}))
+        points = [[r[1], r[2], r[3], r[4]] for r in rows]
+        events.append(("metrics", {"points": points}, Cursor(metric_id, log_id, cursor.version)))
     lines = session.execute(
         select(LogLine.id, LogLine.time, LogLine.level, LogLine.message)
         .where(LogLine.run_id == run_id, LogLine.id > cursor.log_id)
@@ -88,12 +91,11 @@ def poll(
     ).all()
     if lines:
         log_id = lines[-1][0]
-        events.append(
-            ("logs", {"lines": [{"id": r[0], "time": r[1], "level": r[2], "message": r[3]} for r in lines]})
-        )
+        out = [{"id": r[0], "time": r[1], "level": r[2], "message": r[3]} for r in lines]
+        events.append(("logs", {"lines": out}, Cursor(metric_id, log_id, cursor.version)))
     version = cursor.version
     if run.version != cursor.version:
         version = run.version
-        events.append(("state", run_state(run)))
+        events.append(("state", run_state(run), Cursor(metric_id, log_id, version)))
     finished = run.state in ("succeeded", "failed", "cancelled") and not rows and not lines
     return events, Cursor(metric_id, log_id, version), finished

@@ -59,10 +59,13 @@ const Charts = {
 class RunSeries {
   constructor() { this.byKey = new Map(); }
 
+  // The REST history, with the live points already received on top: the stream may have delivered
+  // steps newer than the history's read before its answer arrived, and they will not come again.
   setHistory(series) {
     for (const s of series) {
       const map = new Map();
       s.steps.forEach((step, i) => map.set(step, s.values[i]));
+      for (const [step, value] of this.byKey.get(s.key) || []) map.set(step, value);
       this.byKey.set(s.key, map);
     }
   }

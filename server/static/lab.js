@@ -9,7 +9,12 @@ const Lab = {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
-    const response = await fetch("/api/v1" + path, opts);
+    let response;
+    try {
+      response = await fetch("/api/v1" + path, opts);
+    } catch (_) { // the server is down or restarting: a failed result, not an unhandled rejection
+      return { ok: false, status: 0, data: { detail: "the server cannot be reached; try again" } };
+    }
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
     return { ok: response.ok, status: response.status, data };

@@ -190,8 +190,8 @@ async def stream_events(
         idle = 0.0
         while True:
             events, cursor, finished = await run_in_threadpool(poll, cursor)
-            for name, data in events:
-                yield f"id: {cursor}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
+            for name, data, after in events:
+                yield f"id: {after}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
             if finished:
                 yield f"id: {cursor}\nevent: end\ndata: {{}}\n\n"
                 return
