@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,10 @@ class Reporter(Protocol):
     def should_stop(self) -> bool:
         """True when the run must stop at the next safe point (cancel, time budget)."""
 
+    def flush(self) -> None:
+        """Make everything reported so far durable. Called before a checkpoint is written, so that a
+        crash right after it loses no point the resumed run will not write again."""
+
 
 class NullReporter:
     def log(self, message: str, level: str = "info") -> None:
@@ -49,6 +54,9 @@ class NullReporter:
 
     def should_stop(self) -> bool:
         return False
+
+    def flush(self) -> None:
+        pass
 
 
 class RecordingReporter(NullReporter):
@@ -122,6 +130,11 @@ class ConsoleReporter(NullReporter):
         self._bar.total = total
         self._bar.n = done
         self._bar.refresh()
+
+    def flush(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.flush()
+            os.fsync(self._metrics_file.fileno())
 
     def close(self) -> None:
         if self._bar is not None:

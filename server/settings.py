@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         300.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_HEARTBEAT_TIMEOUT_S", "heartbeat_timeout_s")
     )
     cancel_grace_s: float = Field(
-        6.0, ge=0, validation_alias=AliasChoices("OBOW_LAB_CANCEL_GRACE_S", "cancel_grace_s")
+        5.0, ge=0, validation_alias=AliasChoices("OBOW_LAB_CANCEL_GRACE_S", "cancel_grace_s")
     )
     isolate_runs: bool = Field(True, validation_alias=AliasChoices("OBOW_LAB_ISOLATE_RUNS", "isolate_runs"))
     sse_poll_s: float = Field(0.25, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S", "sse_poll_s"))

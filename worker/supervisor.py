@@ -39,6 +39,8 @@ TERM_TO_KILL_S = 2.0
 def _child(conn: Connection, parent_pid: int, target: Callable[[], Outcome]) -> None:
     os.setsid()  # a group of its own: the parent can stop every process the run started
     exit_with_parent(parent_pid)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers (a warm shutdown of a copy of it)
     try:
         outcome = target()
     except BaseException as err:  # the target reports its own errors; this is a last resort

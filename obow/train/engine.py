@@ -9,6 +9,7 @@ never interrupted (on CPU; GPU kernels are not bitwise deterministic).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 import warnings
@@ -182,6 +183,7 @@ class Trainer:
             "rng": _rng_state(),
         }
         previous = list_checkpoints(self.out_dir)
+        self.reporter.flush()  # every point up to this step is stored before the checkpoint exists
         try:
             save_atomic(payload, path)
         except OSError as err:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +31,9 @@ class FakeTrainSpec(BaseModel):
     fail_at: int | None = Field(None, ge=0, description="Raise a user error at this step (fresh starts only)")
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every N steps")
     data_dir: str | None = None
+    hang_at: int | None = Field(None, ge=0, description="Sleep hang_s at this step without checking for a stop")
+    hang_s: float = Field(0.0, ge=0, le=600)
+    die_at: int | None = Field(None, ge=0, description="SIGKILL its own process at this step (an OOM kill)")
 
 
 def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -44,6 +49,10 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
             reporter.artifact(ckpt, "checkpoint", {"step": step})
         if spec.fail_at is not None and step == spec.fail_at and start == 0:
             raise ConfigError(f"fail_at reached at step {step}")
+        if spec.hang_at is not None and step == spec.hang_at:
+            time.sleep(spec.hang_s)  # a long step that never looks at the cancel flag
+        if spec.die_at is not None and step == spec.die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         reporter.metrics(step, {"loss": 1.0 / (step + 1), "lr": spec.lr})
         reporter.progress(step + 1, spec.steps)
         if step % 5 == 0:

@@ -29,14 +29,14 @@ LEASE_S = 4.0  # heartbeat lease of these tests: a dead worker's run is lost aft
 
 
 def pretrain(**runtime) -> dict:
-    """A tiny real pretraining: 2 epochs of 8 iterations (about 0.4 s each), a checkpoint every 5."""
+    """A tiny real pretraining: 2 epochs of 16 iterations (about 0.25 s each), checkpoints at 12, 16, 24, 32."""
     return {
         "kind": "pretrain",
         "preset": "FashionMNIST/tiny",
         "spec": {
             "optim": {"num_epochs": 2},
-            "data": {"epoch_size": 512, "batch_size": 64},
-            "runtime": {"print_freq": 1, "workers": 0, "device": "cpu", "save_every_iters": 5, **runtime},
+            "data": {"epoch_size": 1024, "batch_size": 64},
+            "runtime": {"print_freq": 1, "workers": 0, "device": "cpu", "save_every_iters": 12, **runtime},
         },
     }
 
@@ -80,27 +80,26 @@ def test_sigkilled_worker_run_is_lost_requeued_and_resumed_exactly(redis_pg, tmp
     (victim,) = live.workers
     with LabClient(live.url, live.token) as client:
         run = client.submit(**pretrain())
-        # kill it once a checkpoint exists and points after it have been written
+
+        # kill it once points past a checkpoint are stored: the resumed attempt must replace them
         def past_checkpoint() -> bool:
             current = client.run(run["id"])
             assert current["state"] in ("queued", "running"), (current, live.worker_log.read_text()[-3000:])
-            saved = [a["options"].get("iteration", 0) for a in checkpoints(current)]
-            steps, _ = loss_series(client, run["id"]) if current["metric_keys"] else ([], [])
-            return bool(saved and steps and steps[-1] > max(saved))
+            saved = [a["options"]["iteration"] for a in checkpoints(current)]
+            return bool(saved) and current["progress_done"] >= max(saved) + 2
 
-        wait_for(past_checkpoint, 120, "a checkpoint and points after it")
+        wait_for(past_checkpoint, 120, "a checkpoint and points after it", poll_s=0.05)
         training = _descendants(victim.pid)
         assert training, "the run is not in a child process of the worker"
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
+        killed_at = time.monotonic()
         # the run's process dies with its worker: nothing trains on while the run is handed on
         wait_for(lambda: not [pid for pid in training if _cmdline(pid)], 10, "the run's process to die")
-        killed_at = time.monotonic()
         at_kill = client.run(run["id"])
-        assert at_kill["state"] == "running" and at_kill["progress_done"] < 16, "it finished before the kill"
-        saved_at = max(a["options"]["iteration"] for a in checkpoints(at_kill))
+        assert at_kill["state"] == "running" and at_kill["progress_done"] < 32, "it finished before the kill"
+        recorded = max(a["options"]["iteration"] for a in checkpoints(at_kill))
         steps_before, values_before = loss_series(client, run["id"])
-        repeated = [s for s in steps_before if s > saved_at]  # the resumed attempt runs these again
 
         lost = wait_state(client, run["id"], ("lost",), LEASE_S * 3 + 10)
         lost_after = time.monotonic() - killed_at
@@ -111,13 +110,16 @@ def test_sigkilled_worker_run_is_lost_requeued_and_resumed_exactly(redis_pg, tmp
         assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
 
         steps, values = loss_series(client, run["id"])
-        assert steps == list(range(1, 17))  # every step once, none twice
-        # what was written before the kill up to the checkpoint is kept as it was
+        assert steps == list(range(1, 33))  # every step once, none twice
+        # it resumed from the newest checkpoint on disk (one written just before the kill may not have
+        # been recorded as an artifact yet), and every point up to it had been stored before the kill
+        logs = [line["message"] for line in client.logs(done["id"], limit=10_000)]
+        (resumed,) = [m for m in logs if m.startswith("resumed from 'checkpoint_")]
+        saved_at = int(resumed.rsplit("iteration ", 1)[1].rstrip(")"))
+        assert saved_at >= recorded and steps_before[: saved_at] == list(range(1, saved_at + 1))
+        repeated = [s for s in steps_before if s > saved_at]  # the resumed attempt ran these again
         final_values = dict(zip(steps, values, strict=True))
         assert all(final_values[s] == v for s, v in zip(steps_before, values_before, strict=True) if s <= saved_at)
-        logs = [line["message"] for line in client.logs(done["id"], limit=10_000)]
-        assert any(m.startswith("resumed from 'checkpoint_") and f"iteration {saved_at})" in m for m in logs), (
-            saved_at, [m for m in logs if "resum" in m])
 
         reference = client.submit(**pretrain())
         ref = wait_state(client, reference["id"], ("succeeded", "failed"), 180)
@@ -128,7 +130,7 @@ def test_sigkilled_worker_run_is_lost_requeued_and_resumed_exactly(redis_pg, tmp
         # the final checkpoints, as a user downloads them (sha256 checked by the client)
         final = load_training_checkpoint(client.download(checkpoints(done)[-1]["id"], tmp_path / "resumed.pt"))
         expected = load_training_checkpoint(client.download(checkpoints(ref)[-1]["id"], tmp_path / "reference.pt"))
-    assert (final["epoch"], final["iteration"]) == (expected["epoch"], expected["iteration"]) == (2, 16)
+    assert (final["epoch"], final["iteration"]) == (expected["epoch"], expected["iteration"]) == (2, 32)
     assert final["model"].keys() == expected["model"].keys()
     for name, tensor in expected["model"].items():
         assert torch.equal(final["model"][name], tensor), name
@@ -285,6 +287,47 @@ def test_cancel_stops_the_training_process_group_within_10_s(redis_pg):
         follow = client.submit("faketrain", spec={"steps": 3})
         assert wait_state(client, follow["id"], ("succeeded",), 60)
     print(f"\ncancel: 2-rank pretraining cancelled {stopped_after:.1f} s after the request")
+
+
+def test_cancel_of_a_run_that_never_checks_is_enforced_within_10_s(redis_pg):
+    """A step that ignores the cancel flag: after the grace period the worker stops the run's process
+    group itself; the checkpoint written before is kept; the worker takes the next run."""
+    live = redis_pg
+    (worker,) = live.workers
+    with LabClient(live.url, live.token) as client:
+        run = client.submit("faketrain", spec={"steps": 50, "checkpoint_every": 5, "hang_at": 7, "hang_s": 120})
+        (ckpt,) = wait_for(lambda: checkpoints(client.run(run["id"])), 60, "the checkpoint at step 5")
+        time.sleep(0.5)  # steps 5 and 6 take microseconds: it is in its long step now
+        group = _descendants(worker.pid)
+        requested = time.monotonic()
+        client.cancel(run["id"])
+        done = wait_state(client, run["id"], ("cancelled", "failed", "succeeded"), 30)
+        stopped_after = time.monotonic() - requested
+        assert done["state"] == "cancelled" and stopped_after < 10, (done["state"], stopped_after)
+        assert not [pid for pid in group if _cmdline(pid)], "the run's processes outlived the cancel"
+        assert client.download(ckpt["id"], live.settings.home / "kept.json").read_bytes().startswith(b'{"step": 5')
+        assert done["attempts"][0]["outcome"] == "cancelled" and worker.poll() is None
+        follow = client.submit("faketrain", spec={"steps": 3})
+        assert wait_state(client, follow["id"], ("succeeded",), 60)
+    print(f"\ncancel (non-cooperative step): stopped {stopped_after:.1f} s after the request")
+
+
+def test_a_run_whose_process_is_killed_fails_at_once(redis_pg):
+    """The run's process is SIGKILLed (as the out-of-memory killer does): the worker, which is alive,
+    fails the run right away with the cause, rather than after a heartbeat lease."""
+    live = redis_pg
+    (worker,) = live.workers
+    with LabClient(live.url, live.token) as client:
+        run = client.submit("faketrain", spec={"steps": 50, "die_at": 5, "checkpoint_every": 4})
+        started = time.monotonic()
+        done = wait_state(client, run["id"], ("failed", "succeeded"), 60)
+        assert done["state"] == "failed" and "killed by SIGKILL" in done["error"], done["error"]
+        assert time.monotonic() - started < LEASE_S + 5
+        assert [a["outcome"] for a in done["attempts"]] == ["failed"]
+        # what was reported before its checkpoint at step 4 is stored (the reporter flushes first)
+        assert [s for s, _ in _loss(client, run["id"])][:4] == list(range(4))
+        follow = client.submit("faketrain", spec={"steps": 3})
+        assert wait_state(client, follow["id"], ("succeeded",), 60) and worker.poll() is None
 
 
 def test_two_workers_never_run_the_same_run(request, tmp_path):
