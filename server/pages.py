@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from obow.config import list_presets
-from server.api.deps import CSRF_HEADER, SESSION_COOKIE, DbDep, SettingsDep, current_session_token
+from server.api.deps import CSRF_HEADER, SESSION_COOKIE, DbDep, IdPath, SettingsDep, current_session_token
 from server.services import events as events_service
 from server.services import kinds as kinds_service
 from server.services import runs as runs_service
@@ -125,7 +125,7 @@ def new_run_page(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep) -> HTMLResponse:
     try:
         run = runs_service.get_run(db, run_id)
     except NotFound as err:
@@ -165,7 +165,7 @@ def compare_page(
 @router.get("/runs/{run_id}/words", response_class=HTMLResponse)
 def words_page(
     request: Request,
-    run_id: int,
+    run_id: IdPath,
     db: DbDep,
     settings: SettingsDep,
     level: str | None = None,
