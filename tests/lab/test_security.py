@@ -201,7 +201,8 @@ def test_session_needs_the_csrf_header_on_every_state_changing_route(lab, world)
     page's X-CSRF-Token must come with it, and that of another session does not do."""
     routes = _state_changing(lab)
     other = TestClient(lab.client.app)
-    other_csrf = _login(other, tokens.create_token(lab.session(), "other"))
+    with lab.session() as session:
+        other_csrf = _login(other, tokens.create_token(session, "other"))
     csrf = _login(lab.client, lab.token)
     assert other_csrf != csrf
     before = _snapshot(lab)
