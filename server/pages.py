@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from obow.config import list_presets
-from server.api.deps import SESSION_COOKIE, DbDep, SettingsDep, current_session_token
+from server.api.deps import CSRF_HEADER, SESSION_COOKIE, DbDep, IdPath, SettingsDep, current_session_token
 from server.services import events as events_service
 from server.services import kinds as kinds_service
 from server.services import runs as runs_service
@@ -63,6 +63,10 @@ def login(
     token: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
+    """No CSRF token here (there is no session yet to bind one to). Login CSRF would put a victim into
+    the attacker's session, but every token is an operator of this lab with the same rights, so an
+    attacker needs a valid token already and gains nothing by it; the SameSite=Strict cookie set here
+    is never sent with a cross-site request."""
     row = tokens.verify_token(db, token.strip())
     if row is None:
         ctx = _context(request, db, settings, next=_safe_next(next), error="Unknown or revoked token.")
@@ -81,6 +85,9 @@ def login(
 
 @router.post("/logout", response_model=None)
 def logout(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> Response:
+    """The page's form sends the CSRF token as a field, a script as the same header the JSON API takes;
+    without it a cross-site form could end the session."""
+    csrf = csrf or request.headers.get(CSRF_HEADER, "")
     if not tokens.csrf_ok(settings.secret_key, request.cookies.get(SESSION_COOKIE), csrf):
         return Response("missing or wrong CSRF token", status_code=403)
     response = RedirectResponse("/", status_code=303)
@@ -118,7 +125,7 @@ def new_run_page(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep) -> HTMLResponse:
     try:
         run = runs_service.get_run(db, run_id)
     except NotFound as err:
@@ -158,7 +165,7 @@ def compare_page(
 @router.get("/runs/{run_id}/words", response_class=HTMLResponse)
 def words_page(
     request: Request,
-    run_id: int,
+    run_id: IdPath,
     db: DbDep,
     settings: SettingsDep,
     level: str | None = None,

@@ -7,6 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The integer columns a request's numbers end up compared with: run and artifact ids are 32-bit on
+# PostgreSQL, log ids and metric steps 64-bit. A number beyond them is refused with a 422 here, not
+# passed to the driver (which raises on SQLite and PostgreSQL alike: a 500).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+# Text a query compares with a column: PostgreSQL text cannot hold NUL (its driver raises), and no kind,
+# state or metric key has a control character.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 
 class RunCreate(BaseModel):
     """A new run: a kind, and a preset and/or a spec (the spec's keys override the preset's)."""
@@ -17,7 +27,7 @@ class RunCreate(BaseModel):
     preset: str | None = Field(None, description="A preset name from GET /api/v1/presets")
     spec: dict[str, Any] = Field(default_factory=dict, description="The run's spec, or overrides")
     parent_id: int | None = Field(
-        None, description="The run whose latest checkpoint an evaluation/export starts from"
+        None, ge=1, le=INT32_MAX, description="The run whose latest checkpoint an evaluation/export starts from"
     )
 
 

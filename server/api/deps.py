@@ -6,13 +6,17 @@ the dashboard's session cookie together with its CSRF token in the `X-CSRF-Token
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import json
+import math
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any, NoReturn
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from server.models import ApiToken
+from server.schemas import INT32_MAX
 from server.services import tokens
 from server.services.runs import Enqueue
 from server.settings import Settings
@@ -68,3 +72,38 @@ def require_token(request: Request, db: DbDep, settings: SettingsDep) -> ApiToke
 
 
 TokenDep = Annotated[ApiToken, Depends(require_token)]
+# A run's or an artifact's id in a path: a positive 32-bit integer like the column it is looked up in.
+IdPath = Annotated[int, Path(ge=1, le=INT32_MAX)]
+
+
+def _not_json(text: str) -> NoReturn:
+    raise json.JSONDecodeError(f"{text} is not a JSON number", text, 0)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else _not_json(text)
+
+
+class StrictJsonRequest(Request):
+    """A request whose JSON body is strict JSON. Python's parser also reads NaN, Infinity and 1e999 (as
+    inf), which neither PostgreSQL's json columns nor a JSON response can hold: refused as invalid JSON
+    (422), instead of a 500 when the run is stored, or when a 422 echoing the value is encoded."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            text = (await self.body()).decode("utf-8", errors="replace")
+            self._json = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """Routes that take a JSON body read it through `StrictJsonRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return strict

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.models import LogLine, Metric, Run
+from server.schemas import INT64_MAX
 from server.services.errors import NotFound
 
 MAX_ROWS_PER_POLL = 5000
@@ -35,8 +36,8 @@ class Cursor:
             metric_id, log_id, version = (int(part) for part in (text or "").split("-"))
         except ValueError:
             return None
-        if min(metric_id, log_id) < 0:
-            return None
+        if min(metric_id, log_id) < 0 or max(metric_id, log_id, abs(version)) > INT64_MAX:
+            return None  # not an id this server made (the columns are 64-bit): start from now
         return cls(metric_id, log_id, version)
 
 

@@ -7,7 +7,7 @@ import base64
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from server.api.deps import DbDep, SettingsDep
+from server.api.deps import DbDep, IdPath, SettingsDep
 from server.services import artifacts as artifacts_service
 from server.services import words as words_service
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
 
 @router.get("/{artifact_id}/download", response_class=FileResponse)
-def download(artifact_id: int, db: DbDep, settings: SettingsDep) -> FileResponse:
+def download(artifact_id: IdPath, db: DbDep, settings: SettingsDep) -> FileResponse:
     """The file with Content-Length, Range support and its sha256 (`X-Content-SHA256`, `Repr-Digest`)."""
     row, path = artifacts_service.file_for_download(db, settings.artifact_root, artifact_id)
     digest = base64.b64encode(bytes.fromhex(row.sha256)).decode()
@@ -28,7 +28,7 @@ def download(artifact_id: int, db: DbDep, settings: SettingsDep) -> FileResponse
 
 
 @router.get("/{artifact_id}/image", response_class=FileResponse)
-def image(artifact_id: int, db: DbDep, settings: SettingsDep) -> FileResponse:
+def image(artifact_id: IdPath, db: DbDep, settings: SettingsDep) -> FileResponse:
     """A visual-word contact sheet as an inline PNG (the gallery positions patches on it with CSS)."""
     path = words_service.image_for(db, settings.artifact_root, artifact_id)
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -11,8 +11,11 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from server.api.deps import DbDep, EnqueueDep, SettingsDep, TokenDep
+from server.api.deps import DbDep, EnqueueDep, IdPath, SettingsDep, StrictJsonRoute, TokenDep
 from server.schemas import (
+    INT32_MAX,
+    INT64_MAX,
+    PRINTABLE,
     ArtifactOut,
     ExportCreate,
     LogOut,
@@ -32,7 +35,7 @@ from server.services import metrics as metrics_service
 from server.services import runs as runs_service
 from server.services import words as words_service
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=StrictJsonRoute)
 
 
 @router.post("", status_code=201, response_model=RunOut)
@@ -45,18 +48,18 @@ def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: Enque
 @router.get("", response_model=RunPage)
 def list_runs(
     db: DbDep,
-    state: Annotated[str | None, Query(description="Comma-separated states")] = None,
-    kind: Annotated[str | None, Query(description="Comma-separated kinds")] = None,
-    parent_id: int | None = None,
+    state: Annotated[str | None, Query(description="Comma-separated states", pattern=PRINTABLE)] = None,
+    kind: Annotated[str | None, Query(description="Comma-separated kinds", pattern=PRINTABLE)] = None,
+    parent_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> RunPage:
     items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset)
     return RunPage(items=[RunOut.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{run_id}", response_model=RunDetail)
-def get_run(run_id: int, db: DbDep) -> RunDetail:
+def get_run(run_id: IdPath, db: DbDep) -> RunDetail:
     run = runs_service.get_run(db, run_id)
     children, _ = runs_service.list_runs(db, parent_id=run_id, limit=500)
     base = RunOut.model_validate(run).model_dump()
@@ -69,23 +72,23 @@ def get_run(run_id: int, db: DbDep) -> RunDetail:
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run_id: int, db: DbDep, _: TokenDep) -> RunOut:
+def cancel_run(run_id: IdPath, db: DbDep, _: TokenDep) -> RunOut:
     return RunOut.model_validate(runs_service.cancel_run(db, run_id))
 
 
 @router.post("/{run_id}/retry", status_code=201, response_model=RunOut)
-def retry_run(run_id: int, db: DbDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
+def retry_run(run_id: IdPath, db: DbDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
     return RunOut.model_validate(runs_service.retry_run(db, run_id, enqueue))
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsOut)
 def get_metrics(
-    run_id: int,
+    run_id: IdPath,
     db: DbDep,
-    keys: Annotated[str | None, Query(description="Comma-separated keys (default: all)")] = None,
+    keys: Annotated[str | None, Query(description="Comma-separated keys (default: all)", pattern=PRINTABLE)] = None,
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
-    step_min: int | None = None,
-    step_max: int | None = None,
+    step_min: Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)] = None,
+    step_max: Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)] = None,
 ) -> MetricsOut:
     run = runs_service.get_run(db, run_id)
     wanted = metrics_service.keys_in(keys.split(",") if keys else None, run.metric_keys or [])
@@ -98,9 +101,9 @@ def get_metrics(
 
 @router.get("/{run_id}/logs", response_model=list[LogOut])
 def get_logs(
-    run_id: int,
+    run_id: IdPath,
     db: DbDep,
-    after_id: int | None = None,
+    after_id: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
 ) -> list[LogOut]:
     runs_service.get_run(db, run_id)
@@ -111,14 +114,14 @@ def get_logs(
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut])
-def get_artifacts(run_id: int, db: DbDep) -> list[ArtifactOut]:
+def get_artifacts(run_id: IdPath, db: DbDep) -> list[ArtifactOut]:
     runs_service.get_run(db, run_id)
     return [artifacts_service.to_out(a) for a in artifacts_service.list_for_run(db, run_id)]
 
 
 @router.post("/{run_id}/exports", status_code=201, response_model=RunOut)
 def create_export(
-    run_id: int, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+    run_id: IdPath, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
 ) -> RunOut:
     """Convert the run's latest checkpoint: an `export` child run on the cpu queue."""
     return RunOut.model_validate(
@@ -128,7 +131,7 @@ def create_export(
 
 @router.post("/{run_id}/words", status_code=201, response_model=RunOut)
 def create_words(
-    run_id: int, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+    run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
 ) -> RunOut:
     """A `words` child run (cpu queue) drawing the visual-word gallery of the run's latest checkpoint."""
     run = words_service.create_words(db, run_id, body, settings.artifact_root, enqueue)
@@ -136,7 +139,7 @@ def create_words(
 
 
 @router.get("/{run_id}/words")
-def get_words(run_id: int, db: DbDep, settings: SettingsDep) -> dict:
+def get_words(run_id: IdPath, db: DbDep, settings: SettingsDep) -> dict:
     """The newest words child (any state) and, when one has succeeded, its gallery's levels."""
     runs_service.get_run(db, run_id)
     latest = words_service.latest_words_run(db, run_id)
@@ -153,7 +156,7 @@ def get_words(run_id: int, db: DbDep, settings: SettingsDep) -> dict:
 
 @router.get("/{run_id}/events", response_class=StreamingResponse)
 async def stream_events(
-    run_id: int,
+    run_id: IdPath,
     request: Request,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header()] = None,
