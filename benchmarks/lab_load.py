@@ -69,6 +69,7 @@ class Variant:
 
 VARIANTS = {
     "pg": Variant("pg", "postgresql"),
+    "pg-pool5": Variant("pg-pool5", "postgresql", env={"OBOW_LAB_DB_POOL_SIZE": "5"}),
     "pg-2w": Variant("pg-2w", "postgresql", workers=2),
     "pg-poll1s": Variant("pg-poll1s", "postgresql", env={"OBOW_LAB_SSE_POLL_S": "1.0"}),
     "sqlite": Variant("sqlite", "sqlite"),
@@ -369,6 +370,10 @@ def run_load(
     time.sleep(0.5)
     started = time.monotonic()
     driver.start()
+    while not receive.poll(1.0):  # a driver that died (an import error, a crash) must not hang us
+        if not driver.is_alive():
+            writer.terminate()
+            raise RuntimeError(f"the load driver exited with {driver.exitcode} before reporting")
     result = json.loads(receive.recv())
     elapsed = time.monotonic() - started
     driver.join(timeout=30)

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         300.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_HEARTBEAT_TIMEOUT_S", "heartbeat_timeout_s")
     )
+    db_pool_size: int | None = Field(
+        None, gt=0, validation_alias=AliasChoices("OBOW_LAB_DB_POOL_SIZE", "db_pool_size")
+    )  # PostgreSQL connections the API keeps open (server.db.PG_POOL_SIZE when unset)
     sse_poll_s: float = Field(0.25, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S", "sse_poll_s"))
 
     @property
