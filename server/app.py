@@ -64,7 +64,7 @@ def create_app(
     settings = settings or Settings()
     if sweep_every_s is None:
         sweep_every_s = min(30.0, settings.heartbeat_timeout_s / 2)
-    engine = make_engine(settings.db_url)
+    engine = make_engine(settings.db_url, pool_size=settings.db_pool_size)
     check_migrated(engine)
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
 

@@ -75,19 +75,40 @@ def _safe_url(url: str) -> str:
 @lab.command("serve")
 @click.option("--host", default=None, help="Bind address (default OBOW_LAB_HOST or 127.0.0.1)")
 @click.option("--port", type=int, default=None)
-def serve(host: str | None, port: int | None) -> None:
-    """Run the API and dashboard (uvicorn) on a migrated database."""
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="uvicorn worker processes (each builds its own app from the environment)",
+)
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the API and dashboard (uvicorn) on a migrated database.
+
+    One process is bound by the GIL: the JSON encoding of list and metrics answers competes with the
+    SSE polls for one core, so on a machine with spare cores `--workers 2` or more serves more."""
     import uvicorn
 
     from server.app import create_app
-    from server.db import DatabaseNotMigrated
+    from server.db import DatabaseNotMigrated, check_migrated, make_engine
 
     settings = Settings()
+    host, port = host or settings.host, port or settings.port
+    if workers == 1:
+        try:
+            app = create_app(settings)
+        except DatabaseNotMigrated as err:
+            raise LabError(str(err)) from None
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    engine = make_engine(settings.db_url)  # refuse here, once, rather than in every worker process
     try:
-        app = create_app(settings)
+        check_migrated(engine)
     except DatabaseNotMigrated as err:
         raise LabError(str(err)) from None
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning")
+    finally:
+        engine.dispose()
+    uvicorn.run("server.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
 @lab.command("worker")

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         5.0, ge=0, validation_alias=AliasChoices("OBOW_LAB_CANCEL_GRACE_S", "cancel_grace_s")
     )
     isolate_runs: bool = Field(True, validation_alias=AliasChoices("OBOW_LAB_ISOLATE_RUNS", "isolate_runs"))
+    db_pool_size: int | None = Field(
+        None, gt=0, validation_alias=AliasChoices("OBOW_LAB_DB_POOL_SIZE", "db_pool_size")
+    )  # PostgreSQL connections the API keeps open (server.db.PG_POOL_SIZE when unset)
     sse_poll_s: float = Field(0.25, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S", "sse_poll_s"))
 
     @property
