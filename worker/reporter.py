@@ -44,6 +44,7 @@ class DbReporter:
         self._last_flush = time.monotonic()
         self._last_stop_check = 0.0
         self._stop = False
+        self.handoff_requested = False
         self._skipped_keys: set[str] = set()
         with maker() as session:
             run = session.get(Run, run_id)
@@ -97,6 +98,12 @@ class DbReporter:
             artifacts_service.record(session, self._root, self._run_id, Path(path), kind, meta)
             artifacts_service.forget_deleted(session, self._root, self._run_id, kind)
             session.commit()
+
+    def request_handoff(self) -> None:
+        """The worker is shutting down: stop at the next step (with a checkpoint) so another worker can
+        resume the run at once. Safe from a signal handler (it only sets flags)."""
+        self.handoff_requested = True
+        self._stop = True
 
     def should_stop(self) -> bool:
         now = time.monotonic()

@@ -32,6 +32,7 @@ from obow.procs import exit_with_parent
 from server.models import Run, utcnow
 
 Outcome = tuple[str, str | None, Any]
+HANDED_BACK = "handed_back"  # an attempt's outcome (the worker shut down), never a run's state
 POLL_S = 0.5
 TERM_TO_KILL_S = 2.0
 
@@ -65,8 +66,18 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode} without reporting an outcome"
 
 
-def supervise(maker, run_id: int, target: Callable[[], Outcome], grace_s: float, heartbeat_s: float) -> Outcome:
-    """Run `target` in a forked child and return its outcome, or the one this watch decides."""
+def supervise(
+    maker,
+    run_id: int,
+    target: Callable[[], Outcome],
+    grace_s: float,
+    heartbeat_s: float,
+    shutting_down: Callable[[], bool],
+) -> Outcome:
+    """Run `target` in a forked child and return its outcome, or the one this watch decides.
+
+    On a worker shutdown the child gets SIGUSR1 (stop at the next step, with a checkpoint) and the
+    same grace as a cancel; its outcome is then `handed_back`."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, os.getpid(), target), name=f"obow-run-{run_id}")
@@ -74,6 +85,7 @@ def supervise(maker, run_id: int, target: Callable[[], Outcome], grace_s: float,
     send.close()
     outcome: Outcome | None = None
     stop_seen: float | None = None
+    handoff: float | None = None
     termed: float | None = None
     last_beat = last_poll = 0.0
     try:
@@ -103,7 +115,12 @@ def supervise(maker, run_id: int, target: Callable[[], Outcome], grace_s: float,
                             .values(heartbeat_at=utcnow())
                         )
                         session.commit()
-            if stop_seen is not None and termed is None and now - stop_seen >= grace_s:
+            if handoff is None and shutting_down():
+                handoff = now
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGUSR1)
+            asked = min(t for t in (stop_seen, handoff, float("inf")) if t is not None)
+            if termed is None and now - asked >= grace_s:
                 termed = now
                 _signal_group(child.pid, signal.SIGTERM)
             if termed is not None and now - termed >= TERM_TO_KILL_S:
@@ -119,4 +136,6 @@ def supervise(maker, run_id: int, target: Callable[[], Outcome], grace_s: float,
         return outcome
     if stop_seen is not None:
         return "cancelled", None, None
+    if handoff is not None:  # stopped by force: the next worker resumes from the last checkpoint
+        return HANDED_BACK, None, None
     return "failed", f"the run's process {describe_exit(child.exitcode)}", None

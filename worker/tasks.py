@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import traceback
+import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from server.services.artifacts import run_dir
 from server.settings import Settings
 from worker.celery_app import RUN_TASK, app
 from worker.reporter import DbReporter
+from worker.supervisor import HANDED_BACK, supervise
 
 _makers: dict[str, Any] = {}
 
@@ -82,13 +86,19 @@ def heartbeat_interval(timeout_s: float) -> float:
 Outcome = tuple[str, str | None, Any]  # state, error, result
 
 
-def execute_run(run_id: int, settings: Settings | None = None, isolate: bool = False) -> str:
+def execute_run(
+    run_id: int,
+    settings: Settings | None = None,
+    isolate: bool = False,
+    shutting_down: Callable[[], bool] | None = None,
+) -> str:
     """Claim the run and execute one attempt of it.
 
     With `isolate` (what workers do) the attempt runs in a forked child process in its own process group,
     watched by this process: a cancel that the run does not honour within the grace period, or a child
     that dies (out of memory, a segfault), ends the attempt at once instead of after a heartbeat lease.
-    In-process (`isolate=False`) is for tests and debugging.
+    In-process (`isolate=False`) is for tests and debugging. When `shutting_down()` turns true (a warm
+    shutdown of the worker) the run is asked to stop at its next step and is handed back to the queue.
     """
     settings = settings or Settings()
     maker = _maker(settings)
@@ -105,18 +115,51 @@ def execute_run(run_id: int, settings: Settings | None = None, isolate: bool = F
         session.add(attempt)
         session.commit()
         attempt_id, kind, spec, retry_of_id = attempt.id, run.kind, dict(run.spec), run.retry_of_id
+        queue = run.queue
     beat_s = heartbeat_interval(settings.heartbeat_timeout_s)
     if isolate:
-        from worker.supervisor import supervise
-
         def in_child() -> Outcome:
-            return run_attempt(fresh_maker(settings), run_id, attempt_id, kind, spec, retry_of_id, settings, None)
+            return run_attempt(
+                fresh_maker(settings), run_id, attempt_id, kind, spec, retry_of_id, settings, None, supervised=True
+            )
 
-        state, error, result = supervise(maker, run_id, in_child, settings.cancel_grace_s, beat_s)
+        state, error, result = supervise(
+            maker, run_id, in_child, settings.cancel_grace_s, beat_s, shutting_down or (lambda: False)
+        )
     else:
         state, error, result = run_attempt(maker, run_id, attempt_id, kind, spec, retry_of_id, settings, beat_s)
-    finish(maker, run_id, attempt_id, state, error, result)
+    if state == HANDED_BACK:
+        hand_back(maker, run_id, attempt_id, queue)
+    else:
+        finish(maker, run_id, attempt_id, state, error, result)
     return state
+
+
+def hand_back(maker, run_id: int, attempt_id: int, queue: str) -> None:
+    """The worker is shutting down: the run goes back to `queued` (its checkpoint was just written) and a
+    new message is sent, so the next free worker resumes it instead of waiting for the heartbeat lease."""
+    now = utcnow()
+    with maker() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.state == "running")
+            .values(state="queued", task_id=None, version=Run.version + 1)
+        )
+        session.execute(
+            update(Attempt)
+            .where(Attempt.id == attempt_id)
+            .values(ended_at=now, outcome="interrupted", error="the worker shut down; the run was queued again")
+        )
+        session.commit()
+    try:
+        task_id = f"run-{run_id}-{uuid.uuid4().hex[:12]}"
+        app.send_task(RUN_TASK, args=[run_id], queue=queue, task_id=task_id)
+    except Exception:  # the broker is away too: the API's redelivery sends it once it can
+        traceback.print_exc()
+        return
+    with maker() as session:
+        session.execute(update(Run).where(Run.id == run_id, Run.state == "queued").values(task_id=task_id))
+        session.commit()
 
 
 def fresh_maker(settings: Settings):
@@ -137,8 +180,12 @@ def run_attempt(
     retry_of_id: int | None,
     settings: Settings,
     heartbeat_s: float | None,
+    supervised: bool = False,
 ) -> Outcome:
-    """Run the library's entry point with a database reporter; every error becomes the run's outcome."""
+    """Run the library's entry point with a database reporter; every error becomes the run's outcome.
+
+    `heartbeat_s=None`: the supervising process keeps the heartbeat. `supervised`: SIGUSR1 from the
+    supervisor asks for a hand-off (stop at the next step, checkpointed, and go back to the queue)."""
     root = settings.artifact_root
     out_dir = run_dir(root, run_id)
     reporter = DbReporter(maker, run_id, root, heartbeat_s=heartbeat_s)
@@ -153,11 +200,13 @@ def run_attempt(
                 f"cannot prepare the run's folder '{out_dir}': {err.strerror or err} (check ARTIFACT_ROOT: "
                 f"free space and write permission)"
             ) from None
+        if supervised:
+            signal.signal(signal.SIGUSR1, lambda *_: reporter.request_handoff())
         result = obow_runs.run(kind, spec, out_dir, reporter)
         if reporter.should_stop():
-            state = "cancelled"
+            state = HANDED_BACK if reporter.handoff_requested else "cancelled"
     except StopRequested:
-        state = "cancelled"
+        state = HANDED_BACK if reporter.handoff_requested else "cancelled"
     except ObowError as err:
         state, error = "failed", str(err)
     except Exception as err:  # a bug or a crash in the library: keep the traceback in the run's log
@@ -187,7 +236,13 @@ def finish(maker, run_id: int, attempt_id: int, state: str, error: str | None, r
         session.commit()
 
 
+def _worker_shutting_down() -> bool:
+    from celery.worker import state
+
+    return bool(state.should_stop is not None or state.should_terminate is not None)
+
+
 @app.task(name=RUN_TASK)
 def run_task(run_id: int) -> str:
     settings = Settings()
-    return execute_run(int(run_id), settings, isolate=settings.isolate_runs)
+    return execute_run(int(run_id), settings, isolate=settings.isolate_runs, shutting_down=_worker_shutting_down)

@@ -140,6 +140,41 @@ def test_sigkilled_worker_run_is_lost_requeued_and_resumed_exactly(redis_pg, tmp
     )
 
 
+def test_sigterm_worker_hands_its_run_back_with_a_fresh_checkpoint(redis_pg):
+    """A worker stopped for a deploy (SIGTERM, warm shutdown): the run checkpoints at its current step,
+    goes back to the queue at once (no lease to wait for), and the next worker resumes exactly there."""
+    live = redis_pg
+    (stopping,) = live.workers
+    with LabClient(live.url, live.token) as client:
+        run = client.submit(**pretrain())
+        wait_for(lambda: client.run(run["id"])["progress_done"] >= 3, 120, "the run to train", poll_s=0.05)
+        stopping.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert stopping.wait(timeout=30) == 0
+        exited_after = time.monotonic() - signalled
+        back = client.run(run["id"])
+        assert back["state"] == "queued", (back["state"], live.worker_log.read_text()[-3000:])
+        assert [(a["outcome"], a["error"]) for a in back["attempts"]] == [
+            ("interrupted", "the worker shut down; the run was queued again")
+        ]
+        stopped_at = back["progress_done"]
+        assert 3 <= stopped_at < 32
+        assert max(a["options"]["iteration"] for a in checkpoints(back)) == stopped_at  # saved where it stopped
+        steps_before, values_before = loss_series(client, run["id"])
+        assert steps_before == list(range(1, stopped_at + 1))
+
+        live.spawn_worker()
+        done = wait_state(client, run["id"], ("succeeded", "failed"), 180)
+        assert done["state"] == "succeeded", done["error"]
+        assert [a["outcome"] for a in done["attempts"]] == ["interrupted", "succeeded"]
+        logs = [line["message"] for line in client.logs(run["id"], limit=10_000)]
+        assert any(m.startswith("resumed from") and f"iteration {stopped_at})" in m for m in logs)
+        assert not any(m.startswith("resumed at step") for m in logs)  # nothing was repeated
+        steps, values = loss_series(client, run["id"])
+        assert steps == list(range(1, 33)) and values[:stopped_at] == values_before
+    print(f"\nSIGTERM: worker exited {exited_after:.1f} s after the signal, run handed back at step {stopped_at}")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
