@@ -317,8 +317,8 @@ def serve(url: str, home: Path, workers: int = 1, env: dict[str, str] | None = N
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", str(workers)],
         cwd=REPO,
-        env={
-            **os.environ,
+        env={  # the caller's lab settings (OBOW_LAB_HOST, ...) are not inherited: `env` says what differs
+            **{k: v for k, v in os.environ.items() if not k.startswith("OBOW_LAB_")},
             "PYTHONPATH": str(REPO),
             "DATABASE_URL": url,
             "OBOW_LAB_HOME": str(home),

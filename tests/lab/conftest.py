@@ -137,6 +137,16 @@ def lab(backend, migrated, tmp_path, tmp_path_factory, request) -> Iterator[Lab]
         yield Lab(client, settings, token, recorder, url)
 
 
+def upload(lab: Lab, payload: bytes, name: str):
+    """POST a weights file to /imports as the dashboard and the client do (raw body, bearer token)."""
+    return lab.client.post(
+        "/api/v1/imports",
+        params={"name": name},
+        content=payload,
+        headers={**lab.auth, "Content-Type": "application/octet-stream"},
+    )
+
+
 def count_rows(lab: Lab, table: str) -> int:
     with lab.session() as session:
         return session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()

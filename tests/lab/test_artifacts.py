@@ -7,7 +7,7 @@ import json
 import os
 
 from server.models import Artifact
-from tests.lab.conftest import artifact_files, count_rows
+from tests.lab.conftest import artifact_files, count_rows, upload
 from worker.tasks import execute_run
 
 
@@ -103,18 +103,13 @@ def test_download_refuses_foreign_missing_and_escaping_files(lab, tmp_path):
 
 def test_import_upload_then_evaluate_from_it(lab):
     payload = json.dumps({"step": 7, "weights": [1.0, 2.0]}).encode()
-    response = lab.client.post(
-        "/api/v1/imports",
-        params={"name": "official"},
-        content=payload,
-        headers={**lab.auth, "Content-Type": "application/octet-stream"},
-    )
+    response = upload(lab, payload, "official")
     assert response.status_code == 201, response.text
     run = response.json()
     assert run["kind"] == "import" and run["queue"] == "cpu" and run["name"] == "official"
-    (upload,) = lab.client.get(f"/api/v1/runs/{run['id']}/artifacts").json()
-    assert upload["kind"] == "import" and upload["name"] == "official.pth"
-    assert upload["sha256"] == hashlib.sha256(payload).hexdigest()
+    (uploaded,) = lab.client.get(f"/api/v1/runs/{run['id']}/artifacts").json()
+    assert uploaded["kind"] == "import" and uploaded["name"] == "official.pth"
+    assert uploaded["sha256"] == hashlib.sha256(payload).hexdigest()
     assert execute_run(run["id"], lab.settings) == "succeeded"
     export = lab.client.post(
         f"/api/v1/runs/{run['id']}/exports", json={"format": "torchvision"}, headers=lab.auth

@@ -11,9 +11,6 @@ import hashlib
 import os
 import pickle
 import re
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from benchmarks.lab_load import serve
 from obow import runs
 from server import pages
 from server.api.deps import SESSION_COOKIE
@@ -36,7 +34,7 @@ from server.services import artifacts as artifacts_service
 from server.services import tokens
 from server.services.errors import Forbidden
 from server.settings import Settings
-from tests.lab.conftest import LIBRARY_KINDS, REPO, Recorder, _free_port, artifact_files
+from tests.lab.conftest import LIBRARY_KINDS, REPO, Recorder, artifact_files, upload
 from worker.reporter import DbReporter
 from worker.tasks import execute_run
 
@@ -424,12 +422,7 @@ def test_malicious_pickles_are_refused_and_never_run(lab, tmp_path, real_import)
     marker = tmp_path / "pwned"
     for label, payload in _payloads(marker, tmp_path).items():
         assert len(payload) < lab.settings.max_upload_bytes
-        response = lab.client.post(
-            "/api/v1/imports",
-            params={"name": "evil"},
-            content=payload,
-            headers={**lab.auth, "Content-Type": "application/octet-stream"},
-        )
+        response = upload(lab, payload, "evil")
         assert response.status_code == 201, response.text
         run_id = response.json()["id"]
         assert execute_run(run_id, lab.settings) == "failed", label
@@ -457,33 +450,12 @@ def _listening(port: int) -> set[str]:
 
 @contextlib.contextmanager
 def _serve(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[int]:
+    """`obow lab serve` as a process on a migrated SQLite file, with only `extra_env` of the lab's settings."""
     db = tmp_path / "lab.db"
     if not db.exists():
         upgrade(f"sqlite:///{db}")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBOW_LAB_")}
-    env |= {"PYTHONPATH": str(REPO), "DATABASE_URL": f"sqlite:///{db}", "OBOW_LAB_HOME": str(tmp_path), **extra_env}
-    log = open(tmp_path / f"serve-{port}.log", "wb")  # noqa: SIM115 (closed below, after the process)
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / f"serve-{port}.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the server did not answer /api/v1/healthz in 60 s"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/api/v1/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
+    with serve(f"sqlite:///{db}", tmp_path, env=extra_env) as base:
+        yield int(base.rsplit(":", 1)[1])
 
 
 def test_server_binds_to_localhost_unless_told_otherwise(tmp_path):
