@@ -103,6 +103,8 @@ def test_sigkilled_worker_run_is_lost_requeued_and_resumed_exactly(redis_pg, tmp
 
         lost = wait_state(client, run["id"], ("lost",), LEASE_S * 3 + 10)
         lost_after = time.monotonic() - killed_at
+        # bounded: the lease, plus at most one sweep (half a lease), plus the polling here
+        assert lost_after <= LEASE_S * 1.5 + 2, lost_after
         assert lost["attempts"][0]["outcome"] == "lost" and "no heartbeat" in lost["attempts"][0]["error"]
         live.spawn_worker()
         done = wait_state(client, run["id"], ("succeeded", "failed"), 180)
