@@ -4,13 +4,12 @@ server never imports the tasks themselves."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable
 
 from celery import Celery
 
 from server.models import Run
-from worker.celery_app import QUEUES, RUN_TASK, make_celery
+from worker.celery_app import QUEUES, make_celery, send_run
 
 # kombu's Redis transport keeps a queue's messages in one list per priority step ("gpu", "gpu\x06\x163",
 # ...) and messages delivered but not yet acknowledged (acks_late: a run in progress) in one hash
@@ -26,9 +25,7 @@ class CeleryEnqueuer:
     def __call__(self, run: Run) -> str:
         if self._app is None:
             self._app = make_celery(self._broker_url)
-        task_id = f"run-{run.id}-{uuid.uuid4().hex[:12]}"
-        self._app.send_task(RUN_TASK, args=[run.id], queue=run.queue, task_id=task_id, retry=False)
-        return task_id
+        return send_run(self._app, run.id, run.queue)
 
     def pending_task_ids(self, queues: Iterable[str] = QUEUES) -> set[str] | None:
         """Ids of the run messages the broker holds: waiting in a queue, or delivered and unacknowledged.

@@ -17,7 +17,6 @@ INT64_MAX = 2**63 - 1
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 
-
 class RunCreate(BaseModel):
     """A new run: a kind, and a preset and/or a spec (the spec's keys override the preset's)."""
 

@@ -3,6 +3,8 @@ by name; the tasks module is loaded by worker processes alone (`include`)."""
 
 from __future__ import annotations
 
+import uuid
+
 from celery import Celery
 
 RUN_TASK = "obow.run"
@@ -30,6 +32,14 @@ def make_celery(broker_url: str) -> Celery:
     if broker_url.startswith(("redis://", "rediss://")):
         app.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     return app
+
+
+def send_run(app: Celery, run_id: int, queue: str, retry: bool = False) -> str:
+    """Send a run's message by task name; its task id names the run, so a broker's contents can be
+    matched with the lab's rows (redelivery). `retry`: Celery's publish retries (the API fails fast)."""
+    task_id = f"run-{run_id}-{uuid.uuid4().hex[:12]}"
+    app.send_task(RUN_TASK, args=[run_id], queue=queue, task_id=task_id, retry=retry)
+    return task_id
 
 
 def _default_app() -> Celery:

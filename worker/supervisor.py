@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from obow.procs import exit_with_parent
 from server.models import Run, utcnow
 
-Outcome = tuple[str, str | None, Any]
+Outcome = tuple[str, str | None, Any]  # state, error, result
 HANDED_BACK = "handed_back"  # an attempt's outcome (the worker shut down), never a run's state
 POLL_S = 0.5
 TERM_TO_KILL_S = 2.0
@@ -89,12 +89,10 @@ def supervise(
     termed: float | None = None
     last_beat = last_poll = 0.0
     try:
-        while outcome is None:
+        while True:
             if receive.poll(0.1):
-                try:
+                with contextlib.suppress(EOFError):  # EOF: the child is gone without a word
                     outcome = receive.recv()
-                except EOFError:  # the child is gone without a word
-                    break
                 break
             if not child.is_alive():
                 break
@@ -119,8 +117,8 @@ def supervise(
                 handoff = now
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGUSR1)
-            asked = min(t for t in (stop_seen, handoff, float("inf")) if t is not None)
-            if termed is None and now - asked >= grace_s:
+            asked = [t for t in (stop_seen, handoff) if t is not None]
+            if termed is None and asked and now - min(asked) >= grace_s:
                 termed = now
                 _signal_group(child.pid, signal.SIGTERM)
             if termed is not None and now - termed >= TERM_TO_KILL_S:

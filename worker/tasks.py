@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import traceback
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -26,9 +25,9 @@ from server.db import make_engine, make_sessionmaker
 from server.models import Artifact, Attempt, Run, utcnow
 from server.services.artifacts import run_dir
 from server.settings import Settings
-from worker.celery_app import RUN_TASK, app
+from worker.celery_app import RUN_TASK, app, send_run
 from worker.reporter import DbReporter
-from worker.supervisor import HANDED_BACK, supervise
+from worker.supervisor import HANDED_BACK, Outcome, supervise
 
 _makers: dict[str, Any] = {}
 
@@ -81,9 +80,6 @@ def _seed_from_retry(maker, retry_of_id: int | None, out_dir: Path, root: Path) 
 def heartbeat_interval(timeout_s: float) -> float:
     """A few beats per lease, so one late beat (a busy database, a GC pause) never makes a run look lost."""
     return max(0.2, min(10.0, timeout_s / 4))
-
-
-Outcome = tuple[str, str | None, Any]  # state, error, result
 
 
 def execute_run(
@@ -152,8 +148,7 @@ def hand_back(maker, run_id: int, attempt_id: int, queue: str) -> None:
         )
         session.commit()
     try:
-        task_id = f"run-{run_id}-{uuid.uuid4().hex[:12]}"
-        app.send_task(RUN_TASK, args=[run_id], queue=queue, task_id=task_id)
+        task_id = send_run(app, run_id, queue, retry=True)
     except Exception:  # the broker is away too: the API's redelivery sends it once it can
         traceback.print_exc()
         return
