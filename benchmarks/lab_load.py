@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from benchmarks.lab_sse import free_port
-from benchmarks.lab_storage import KEYS, database, new_run
-from server.db import make_engine, make_sessionmaker, upgrade
-from server.models import LogLine, Run, utcnow
+from benchmarks.lab_storage import KEYS, database, end_run, new_run
+from server.core.db import make_engine, make_sessionmaker, upgrade
+from server.core.models import LogLine, Run, utcnow
 from worker.reporter import DbReporter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,14 +93,15 @@ def seed(url: str, scratch: Path, runs: int, big_points: int, live: int) -> Seed
     upgrade(url)
     engine = make_engine(url)
     maker = make_sessionmaker(engine)
-    big = new_run(maker, "succeeded")
-    filler = DbReporter(maker, big, scratch, flush_every_s=3600, flush_points=50_000, heartbeat_s=3600)
+    big, big_attempt = new_run(maker)
+    filler = DbReporter(maker, big, big_attempt, scratch, flush_every_s=3600, flush_points=50_000, heartbeat_s=3600)
     steps = big_points // len(KEYS)
     for step in range(steps):
         filler.metrics(step, {k: (step % 997) * 0.01 + i for i, k in enumerate(KEYS)})
         if step % 1000 == 0:
             filler.log(f"step {step}")
     filler.close()
+    end_run(maker, big, big_attempt)
     with maker() as session:
         rows = []
         for i in range(runs):
@@ -125,7 +126,7 @@ def seed(url: str, scratch: Path, runs: int, big_points: int, live: int) -> Seed
         session.commit()
     live_runs = []
     for _ in range(live):
-        run_id = new_run(maker, "running")
+        run_id, _ = new_run(maker)
         with maker() as session:
             session.execute(
                 update(Run)
@@ -152,7 +153,11 @@ def write(url: str, scratch: str, run_ids: list[int], rate: float, duration: flo
     engine = make_engine(url)
     maker = make_sessionmaker(engine)
     total = int(duration * rate)
-    reporters = {r: DbReporter(maker, r, Path(scratch), flush_every_s=3600, heartbeat_s=5) for r in run_ids}
+    with maker() as session:
+        owners = dict(session.execute(select(Run.id, Run.attempt_id).where(Run.id.in_(run_ids))).tuples().all())
+    reporters = {
+        r: DbReporter(maker, r, owners[r], Path(scratch), flush_every_s=3600, heartbeat_s=5) for r in run_ids
+    }
     start = time.monotonic()
     for step in range(total):
         for reporter in reporters.values():
@@ -164,13 +169,8 @@ def write(url: str, scratch: str, run_ids: list[int], rate: float, duration: flo
         time.sleep(max(0.0, start + (step + 1) / rate - time.monotonic()))
     for reporter in reporters.values():
         reporter.close()
-    with maker() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id.in_(run_ids))
-            .values(state="succeeded", finished_at=utcnow(), version=Run.version + 1)
-        )
-        session.commit()
+    for run_id in run_ids:
+        end_run(maker, run_id, owners[run_id])
     engine.dispose()
 
 

@@ -23,8 +23,8 @@ import uvicorn
 
 from benchmarks.lab_storage import database, new_run, p95
 from server.app import create_app
-from server.db import make_engine, make_sessionmaker, upgrade
-from server.settings import Settings
+from server.core.db import make_engine, make_sessionmaker, upgrade
+from server.core.settings import Settings
 from worker.reporter import DbReporter
 
 
@@ -40,7 +40,7 @@ def measure(backend: str, writes: int, rate: float) -> list[float]:
         upgrade(url)
         engine = make_engine(url)
         maker = make_sessionmaker(engine)
-        run_id = new_run(maker)
+        run_id, attempt_id = new_run(maker)
         settings = Settings(home=scratch, database_url=url, secret_key_value="bench")
         port = free_port()
         server = uvicorn.Server(
@@ -76,7 +76,7 @@ def measure(backend: str, writes: int, rate: float) -> list[float]:
         listener = threading.Thread(target=listen, daemon=True)
         listener.start()
         connected.wait(10)
-        reporter = DbReporter(maker, run_id, scratch, flush_every_s=3600, heartbeat_s=3600)
+        reporter = DbReporter(maker, run_id, attempt_id, scratch, flush_every_s=3600, heartbeat_s=3600)
         for step in range(writes):
             reporter.metrics(step, {"probe": float(step)})
             reporter.flush()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -24,9 +25,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 from server.app import create_app
-from server.db import make_engine, make_sessionmaker, upgrade
-from server.models import Run
-from server.settings import Settings
+from server.core import transitions
+from server.core.db import make_engine, make_sessionmaker, upgrade
+from server.core.models import Run
+from server.core.settings import Settings
 from worker.reporter import DbReporter
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -48,20 +50,23 @@ def database(backend: str, scratch: Path) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def new_run(maker, state: str = "running") -> int:
+def new_run(maker) -> tuple[int, int]:
+    """A running run owned by a fresh attempt, as a worker holds it: (run id, attempt id)."""
     with maker() as session:
-        run = Run(
-            kind="pretrain", name="bench", spec={}, state=state, metric_keys=list(KEYS), last_metrics={}
-        )
-        session.add(run)
-        session.commit()
-        return run.id
+        run = transitions.create(session, Run(kind="pretrain", name="bench", spec={}, queue="gpu"))
+        attempt = transitions.claim(session, run.id, "bench", None, os.getpid(), 3600)
+        return run.id, attempt.id
+
+
+def end_run(maker, run_id: int, attempt_id: int) -> None:
+    with maker() as session:
+        transitions.finish(session, run_id, attempt_id, "succeeded")
 
 
 def ingest(maker, root: Path, points: int) -> float:
     """Points/s through DbReporter (the worker's path: batched, one transaction per flush)."""
-    run_id = new_run(maker)
-    reporter = DbReporter(maker, run_id, root, flush_every_s=1.0, flush_points=10_000, heartbeat_s=60)
+    run_id, attempt_id = new_run(maker)
+    reporter = DbReporter(maker, run_id, attempt_id, root, flush_every_s=1.0, flush_points=10_000, heartbeat_s=60)
     steps = points // len(KEYS)
     start = time.perf_counter()
     for step in range(steps):
@@ -104,13 +109,14 @@ def bench(backend: str, points: int, big: int, runs: int, repeat: int) -> list[t
                 )
             )
 
-            big_run = new_run(maker, "succeeded")
+            big_run, big_attempt = new_run(maker)
             filler = DbReporter(
-                maker, big_run, scratch, flush_every_s=60, flush_points=50_000, heartbeat_s=600
+                maker, big_run, big_attempt, scratch, flush_every_s=60, flush_points=50_000, heartbeat_s=600
             )
             for step in range(big // len(KEYS)):
                 filler.metrics(step, {k: (step % 997) * 0.01 + i for i, k in enumerate(KEYS)})
             filler.close()
+            end_run(maker, big_run, big_attempt)
             with maker() as session:
                 session.execute(
                     insert(Run),

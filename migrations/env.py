@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool
 
-from server.db import make_engine
-from server.models import Base
-from server.settings import Settings
+from server.core.db import make_engine
+from server.core.models import Base
+from server.core.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,15 +13,16 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server.api.routes import artifacts, imports, meta, runs
-from server.db import check_migrated, make_engine, make_sessionmaker
+from server.core.db import check_migrated, make_engine, make_sessionmaker
+from server.core.errors import Invalid, ServiceError
+from server.core.queue import CeleryEnqueuer
+from server.core.resources import lab_dir
+from server.core.settings import Settings
 from server.pages import router as pages_router
-from server.queue import CeleryEnqueuer
-from server.services.errors import Invalid, ServiceError
 from server.services.redelivery import Redelivery
 from server.services.runs import Enqueue, sweep_lost
-from server.settings import Settings
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = lab_dir("static")
 log = logging.getLogger("obow.lab")
 
 

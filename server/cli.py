@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import click
 
-from server.settings import Settings
+from server.core.settings import Settings
 
 
 class LabError(click.ClickException):
@@ -32,7 +33,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or migrate the database (DATABASE_URL, or the embedded SQLite file)."""
-    from server.db import upgrade
+    from server.core.db import upgrade
 
     settings = Settings()
     upgrade(settings.db_url, revision)
@@ -52,7 +53,7 @@ def token_create(name: str) -> None:
 
 
 def _create_token(settings: Settings, name: str) -> str:
-    from server.db import DatabaseNotMigrated, check_migrated, make_engine, make_sessionmaker
+    from server.core.db import DatabaseNotMigrated, check_migrated, make_engine, make_sessionmaker
     from server.services.tokens import create_token
 
     engine = make_engine(settings.db_url)
@@ -90,7 +91,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.db import DatabaseNotMigrated, check_migrated, make_engine
+    from server.core.db import DatabaseNotMigrated, check_migrated, make_engine
 
     settings = Settings()
     host, port = host or settings.host, port or settings.port
@@ -140,46 +141,23 @@ def worker(gpus: str | None, queues: str, pool: str, loglevel: str) -> None:
     _supervise(procs)
 
 
-def _worker_here(queues: list[str], pool: str, loglevel: str, name: str = "worker") -> None:
-    from worker.celery_app import app
+def worker_command(queues: list[str], name: str, pool: str, loglevel: str) -> list[str]:
+    """The command line of one worker process (`python -m worker`), started by command, not import."""
+    return [
+        sys.executable, "-m", "worker", "--queues", ",".join(queues), "--pool", pool, "--loglevel", loglevel,
+        "--name", name,
+    ]
 
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
-    node = f"{name}-{gpu}" if gpu else name
-    app.worker_main(
-        [
-            "worker",
-            "-Q",
-            ",".join(queues),
-            "-c",
-            "1",
-            "-P",
-            pool,
-            "-n",
-            f"{node}.{os.getpid()}@%h",
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+
+def _worker_here(queues: list[str], pool: str, loglevel: str, name: str = "worker") -> None:
+    command = worker_command(queues, name, pool, loglevel)
+    os.execv(command[0], command)
 
 
 def _spawn_worker(
     queues: list[str], env: dict[str, str], name: str, pool: str, loglevel: str
 ) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "worker",
-        "--queues",
-        ",".join(queues),
-        "--pool",
-        pool,
-        "--loglevel",
-        loglevel,
-    ]
-    return subprocess.Popen(command, env={**os.environ, **env})
+    return subprocess.Popen(worker_command(queues, name, pool, loglevel), env={**os.environ, **env})
 
 
 def _supervise(procs: list[subprocess.Popen]) -> None:
@@ -206,21 +184,85 @@ def _supervise(procs: list[subprocess.Popen]) -> None:
     stop()
 
 
+class WorkerKeeper:
+    """Keeps one worker process alive for `obow lab up`: a worker that dies (killed, out of memory) is
+    started again after a back-off (1 s, doubling to 60 s; reset once a worker has lived a minute), and
+    each restart is logged. `stop()` ends it with a warm shutdown (SIGTERM), then SIGKILL."""
+
+    def __init__(self, command: list[str], log=None) -> None:
+        self._command = command
+        self._log = log or (lambda message: click.echo(message, err=True))
+        self._stopping = threading.Event()
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._keep, name="worker-keeper", daemon=True)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self._command)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        backoff, started = 1.0, time.monotonic()
+        while not self._stopping.is_set():
+            if self.process is not None and self.process.poll() is None:
+                self._stopping.wait(0.5)
+                continue
+            code = self.process.returncode if self.process is not None else None
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            self._log(f"obow lab: the worker exited ({_exit_text(code)}); starting a new one in {backoff:.0f} s")
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(60.0, backoff * 2)
+            started = time.monotonic()
+            self.process = subprocess.Popen(self._command)
+            self.restarts += 1
+
+    def stop(self, timeout_s: float = 30) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "not started"
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+
+
 @lab.command("up")
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
 def up(host: str | None, port: int | None) -> None:
-    """Everything on this machine: migrate, start one worker and the API, print the URL and a token."""
+    """Everything on this machine: migrate, start one worker and the API, print the URL and a token.
+
+    The worker is kept alive (restarted with a back-off if it dies); Ctrl-C or SIGTERM stops the API
+    and the worker."""
     import uvicorn
 
     from server.app import create_app
-    from server.db import upgrade
+    from server.core.db import upgrade
 
     settings = Settings()
     upgrade(settings.db_url)
     value = _create_token(settings, "lab up")
     host, port = host or settings.host, port or settings.port
-    worker_proc = _spawn_worker(["gpu", "cpu"], {}, "local", "solo", "WARNING")
+    keeper = WorkerKeeper(worker_command(["gpu", "cpu"], "local", "solo", "WARNING"))
+
+    def terminate(*_: object) -> None:
+        raise SystemExit(0)  # unwinds through uvicorn (which re-raises the signal it caught) to `finally`
+
+    signal.signal(signal.SIGTERM, terminate)
+    keeper.start()
     try:
         app = create_app(settings)
         click.echo(f"OBoW Lab: http://{host}:{port}/   (API docs: http://{host}:{port}/api/docs)")
@@ -228,11 +270,7 @@ def up(host: str | None, port: int | None) -> None:
         click.echo(f"data: {settings.home.resolve()}   stop: Ctrl-C")
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        keeper.stop()
 
 
 if __name__ == "__main__":

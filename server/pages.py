@@ -4,7 +4,6 @@ from the page's JavaScript, authenticated by the session cookie plus the CSRF to
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
@@ -13,14 +12,15 @@ from fastapi.templating import Jinja2Templates
 
 from obow.config import list_presets
 from server.api.deps import CSRF_HEADER, SESSION_COOKIE, DbDep, IdPath, SettingsDep, current_session_token
+from server.core import kinds as kinds_service
+from server.core.errors import NotFound
+from server.core.resources import lab_dir
 from server.services import events as events_service
-from server.services import kinds as kinds_service
 from server.services import runs as runs_service
 from server.services import tokens
 from server.services import words as words_service
-from server.services.errors import NotFound
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+TEMPLATES = Jinja2Templates(directory=str(lab_dir("templates")))
 router = APIRouter(include_in_schema=False)
 
 
@@ -119,7 +119,7 @@ def new_run_page(
         presets=list_presets(),
         preset=preset if preset in list_presets() else None,
         schemas_json=json.dumps(schemas).replace("</", "<\\/"),
-        checkpoint_fields=json.dumps(list(kinds_service.CHECKPOINT_FIELDS)),
+        kind_info=json.dumps({k: kinds_service.describe(k) for k in kinds_service.kinds()}).replace("</", "<\\/"),
     )
     return _render("new_run.html", ctx)
 
@@ -134,7 +134,7 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
     child_kinds = [
         k
         for k in kinds_service.kinds()
-        if k not in ("pretrain", "import", "export") and kinds_service.checkpoint_field(k) is not None
+        if k not in ("pretrain", "import", "export") and kinds_service.weights_field(k) is not None
     ]
     ctx = _context(
         request,

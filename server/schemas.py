@@ -1,4 +1,4 @@
-"""Request and response bodies of the REST API (pydantic); the ORM tables are in `server.models`."""
+"""Request and response bodies of the REST API (pydantic); the ORM tables are in `server.core.models`."""
 
 from __future__ import annotations
 
@@ -131,7 +131,12 @@ class PresetOut(BaseModel):
 class KindOut(BaseModel):
     kind: str
     queue: str
-    needs_parent: bool
+    needs_parent: bool = Field(description="evaluations and exports start from a parent run's weights")
+    weights_field: str | None = Field(description="the spec field the server fills from the parent's weights")
+    upload_field: str | None = Field(description="the spec field the server fills with an upload (imports)")
+    path_fields: dict[str, str] = Field(
+        description="dotted spec field -> where it may point: data (a data root), cache, weights, upload"
+    )
     json_schema: dict[str, Any]
 
 

@@ -1,5 +1,9 @@
 """The reporter a worker hands to the library: batches metrics and log lines into the database,
-keeps the run's heartbeat fresh, records artifacts, and turns a cancel request into should_stop()."""
+keeps the run's heartbeat fresh, records artifacts, and turns a cancel request into should_stop().
+
+Every write is fenced by the attempt's id (`server.core.transitions.fenced_update` in the same
+transaction): once this attempt no longer owns the run, nothing it sends is stored, and should_stop()
+turns true so the library stops at its next step."""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.models import LogLine, Run, utcnow
-from server.services import artifacts as artifacts_service
-from server.services import metrics as metrics_service
+from server.core import artifacts as artifact_store
+from server.core import metrics as metric_store
+from server.core import transitions
+from server.core.models import LogLine, Run, RunState, utcnow
+from server.core.text import clean_text
+from worker.supervisor import HANDED_BACK, LOST_RUN
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -25,6 +32,7 @@ class DbReporter:
         self,
         maker: sessionmaker[Session],
         run_id: int,
+        attempt_id: int,
         artifact_root: Path,
         flush_every_s: float = 1.0,
         flush_points: int = 5000,
@@ -33,6 +41,8 @@ class DbReporter:
     ) -> None:
         self._maker = maker
         self._run_id = run_id
+        self._attempt_id = attempt_id
+        self.lost_ownership = False
         self._root = artifact_root
         self._flush_every_s = flush_every_s
         self._flush_points = flush_points
@@ -67,7 +77,7 @@ class DbReporter:
                 "run_id": self._run_id,
                 "time": time.time(),
                 "level": level if level in LEVELS else "info",
-                "message": str(message),
+                "message": clean_text(message, 100_000),
             }
         )
         self._maybe_flush()
@@ -84,8 +94,9 @@ class DbReporter:
                         "warning",
                     )
                 continue
-            self._points.append((str(key)[:100], int(step), value, now))
-            self._last[str(key)[:100]] = value
+            key = clean_text(key, 100)
+            self._points.append((key, int(step), value, now))
+            self._last[key] = value
         self._maybe_flush()
 
     def progress(self, done: int, total: int) -> None:
@@ -95,8 +106,10 @@ class DbReporter:
     def artifact(self, path: Path, kind: str, meta: Mapping[str, Any]) -> None:
         self.flush()
         with self._maker() as session:
-            artifacts_service.record(session, self._root, self._run_id, Path(path), kind, meta)
-            artifacts_service.forget_deleted(session, self._root, self._run_id, kind)
+            if not self._owns(session, version=Run.version + 1):
+                return
+            artifact_store.record(session, self._root, self._run_id, Path(path), kind, meta)
+            artifact_store.forget_deleted(session, self._root, self._run_id, kind)
             session.commit()
 
     def request_handoff(self) -> None:
@@ -111,11 +124,35 @@ class DbReporter:
             self._last_stop_check = now
             with self._maker() as session:
                 row = session.execute(
-                    select(Run.cancel_requested, Run.state).where(Run.id == self._run_id)
+                    select(Run.cancel_requested, Run.state, Run.attempt_id).where(Run.id == self._run_id)
                 ).one_or_none()
-            self._stop = row is None or bool(row[0]) or row[1] != "running"
+            if row is None or row[1] != RunState.RUNNING or row[2] != self._attempt_id:
+                self._lose()
+            self._stop = self._stop or bool(row and row[0])
         self._maybe_flush()
         return self._stop
+
+    def stop_outcome(self) -> str:
+        """Why the library stopped: the run was taken from this attempt, the worker is handing it back,
+        or a cancel."""
+        if self.lost_ownership:
+            return LOST_RUN
+        return HANDED_BACK if self.handoff_requested else RunState.CANCELLED.value
+
+    def _lose(self) -> None:
+        self.lost_ownership = True
+        self._stop = True
+        self._points, self._logs, self._progress = [], [], None
+
+    def _owns(self, session: Session, **values: Any) -> bool:
+        """The fenced write that guards a transaction; on False the transaction is rolled back."""
+        if self.lost_ownership:
+            return False
+        if transitions.fenced_update(session, self._run_id, self._attempt_id, **values):
+            return True
+        session.rollback()
+        self._lose()
+        return False
 
     # -- batching ----------------------------------------------------------------------------------
     def _maybe_flush(self) -> None:
@@ -146,17 +183,22 @@ class DbReporter:
             if key not in self._seen_keys and step < first_steps.get(key, step + 1):
                 first_steps[key] = step
         self._seen_keys.update(first_steps)
+        if self.lost_ownership:
+            return
         with self._maker() as session:
             if points and session.get_bind().dialect.name == "postgresql":
                 # metrics may lose their last second in a database crash; not worth a WAL flush each
                 session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            # first: the fence (on PostgreSQL it also locks the row, so the sweeper cannot declare the run
+            # lost between this check and the commit)
+            if not self._owns(session, **values):
+                return
             replaced = self._supersede(session, first_steps)
             if replaced:
                 logs = [*logs, self._replaced_line(replaced)]
-            metrics_service.ingest(session, self._run_id, points)
+            metric_store.ingest(session, self._run_id, points)
             if logs:
                 session.execute(insert(LogLine), logs)
-            session.execute(update(Run).where(Run.id == self._run_id).values(**values))
             session.commit()
 
     def _supersede(self, session: Session, first_steps: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -165,9 +207,9 @@ class DbReporter:
         for key, step in first_steps.items():
             if key not in self._earlier_keys:
                 continue
-            last = metrics_service.max_step(session, self._run_id, key)
+            last = metric_store.max_step(session, self._run_id, key)
             if last is not None and last >= step:
-                replaced[key] = (step, metrics_service.supersede(session, self._run_id, key, step))
+                replaced[key] = (step, metric_store.supersede(session, self._run_id, key, step))
         return replaced
 
     def _replaced_line(self, replaced: dict[str, tuple[int, int]]) -> dict[str, Any]:
@@ -187,13 +229,11 @@ class DbReporter:
         while not self._beating.wait(every_s):
             try:
                 with self._maker() as session:
-                    session.execute(
-                        update(Run)
-                        .where(Run.id == self._run_id, Run.state == "running")
-                        .values(heartbeat_at=utcnow())
-                    )
-                    session.commit()
-            except Exception:
+                    if not transitions.heartbeat(session, self._run_id, self._attempt_id):
+                        self.lost_ownership = True  # flags only: the library's thread sees it at its next step
+                        self._stop = True
+                        return
+            except Exception:  # a database hiccup: the next beat tries again, the lease allows a few misses
                 pass
 
     def close(self) -> None:

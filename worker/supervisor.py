@@ -12,6 +12,9 @@ and ends the attempt itself when the child will not:
   of waiting for the heartbeat lease to run out.
 - the worker itself dies: the child gets SIGKILL from the kernel (PR_SET_PDEATHSIG), so nothing keeps
   training while the sweeper hands the run to another worker.
+- the attempt loses the run (its heartbeat was refused: the sweeper declared it lost during a long
+  pause, and another attempt may hold it now): the child is stopped like a cancel, and nothing of its
+  outcome is recorded.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from obow.procs import exit_with_parent
-from server.models import Run, utcnow
+from server.core import transitions
+from server.core.models import Run, RunState
 
 Outcome = tuple[str, str | None, Any]  # state, error, result
-HANDED_BACK = "handed_back"  # an attempt's outcome (the worker shut down), never a run's state
+# an attempt's outcomes that are never a run's state
+HANDED_BACK = "handed_back"  # the worker shut down; the run goes back to the queue
+LOST_RUN = "lost_run"  # the attempt no longer owns the run; it records nothing
 POLL_S = 0.5
 TERM_TO_KILL_S = 2.0
 
@@ -69,6 +75,7 @@ def describe_exit(exitcode: int | None) -> str:
 def supervise(
     maker,
     run_id: int,
+    attempt_id: int,
     target: Callable[[], Outcome],
     grace_s: float,
     heartbeat_s: float,
@@ -85,6 +92,7 @@ def supervise(
     send.close()
     outcome: Outcome | None = None
     stop_seen: float | None = None
+    lost = False
     handoff: float | None = None
     termed: float | None = None
     last_beat = last_poll = 0.0
@@ -101,18 +109,15 @@ def supervise(
                 last_poll = now
                 with maker() as session:
                     row = session.execute(
-                        select(Run.cancel_requested, Run.state).where(Run.id == run_id)
+                        select(Run.cancel_requested, Run.state, Run.attempt_id).where(Run.id == run_id)
                     ).one_or_none()
-                    if row is None or row[0] or row[1] != "running":
-                        stop_seen = stop_seen or now
-                    if now - last_beat >= heartbeat_s:
+                    owned = row is not None and row[1] == RunState.RUNNING and row[2] == attempt_id
+                    if owned and now - last_beat >= heartbeat_s:
                         last_beat = now
-                        session.execute(
-                            update(Run)
-                            .where(Run.id == run_id, Run.state == "running")
-                            .values(heartbeat_at=utcnow())
-                        )
-                        session.commit()
+                        owned = transitions.heartbeat(session, run_id, attempt_id)
+                    lost = lost or not owned
+                    if lost or row[0]:
+                        stop_seen = stop_seen or now
             if handoff is None and shutting_down():
                 handoff = now
                 with contextlib.suppress(ProcessLookupError):
@@ -130,6 +135,8 @@ def supervise(
             child.join()
         _signal_group(child.pid, signal.SIGKILL)  # ranks or loader workers the run left behind
         receive.close()
+    if lost:
+        return LOST_RUN, None, None
     if outcome is not None:
         return outcome
     if stop_seen is not None:

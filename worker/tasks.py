@@ -13,21 +13,25 @@ import signal
 import socket
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 
 from obow import runs as obow_runs
+from obow.config.kinds import PathRoot
 from obow.errors import ObowError, StopRequested
-from server.db import make_engine, make_sessionmaker
-from server.models import Artifact, Attempt, Run, utcnow
-from server.services.artifacts import run_dir
-from server.settings import Settings
-from worker.celery_app import RUN_TASK, app, send_run
+from server.core import kinds as kinds_service
+from server.core import transitions
+from server.core.artifacts import inside_root, run_dir
+from server.core.db import make_engine, make_sessionmaker
+from server.core.models import Artifact, Run, RunState
+from server.core.paths import path_errors
+from server.core.queue import RUN_TASK, send_run
+from server.core.settings import Settings
+from worker.celery_app import app
 from worker.reporter import DbReporter
-from worker.supervisor import HANDED_BACK, Outcome, supervise
+from worker.supervisor import HANDED_BACK, LOST_RUN, Outcome, supervise
 
 _makers: dict[str, Any] = {}
 
@@ -38,24 +42,18 @@ def _maker(settings: Settings):
     return _makers[settings.db_url]
 
 
-def claim(maker, run_id: int, heartbeat_timeout_s: float) -> bool:
-    """The guarded transition into `running`; a live run (fresh heartbeat) is never taken twice."""
-    now = utcnow()
-    stale = now - timedelta(seconds=heartbeat_timeout_s)
+def claim(maker, run_id: int, heartbeat_timeout_s: float) -> int | None:
+    """The run's new attempt id, or None when the run is not waiting (taken, finished, cancelled)."""
     with maker() as session:
-        claimed = session.execute(
-            update(Run)
-            .where(
-                Run.id == run_id,
-                Run.cancel_requested.is_(False),
-                or_(
-                    Run.state.in_(("queued", "lost")), and_(Run.state == "running", Run.heartbeat_at < stale)
-                ),
-            )
-            .values(state="running", started_at=now, heartbeat_at=now, error=None, version=Run.version + 1)
-        ).rowcount
-        session.commit()
-    return bool(claimed)
+        attempt = transitions.claim(
+            session,
+            run_id,
+            worker_host=socket.gethostname(),
+            gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            pid=os.getpid(),
+            lease_s=heartbeat_timeout_s,
+        )
+    return attempt.id if attempt is not None else None
 
 
 def _seed_from_retry(maker, retry_of_id: int | None, out_dir: Path, root: Path) -> None:
@@ -70,8 +68,8 @@ def _seed_from_retry(maker, retry_of_id: int | None, out_dir: Path, root: Path) 
         ).first()
     if ckpt is None:
         return
-    source = (root / ckpt.path).resolve()
-    if not source.is_file() or not source.is_relative_to(root):
+    source = inside_root(root, ckpt.path)
+    if source is None or not source.is_file():
         return
     # a copy, not a hard link: a library that rewrote the file in place would change the old run's artifact
     shutil.copy2(source, out_dir / source.name)
@@ -98,20 +96,12 @@ def execute_run(
     """
     settings = settings or Settings()
     maker = _maker(settings)
-    if not claim(maker, run_id, settings.heartbeat_timeout_s):
+    attempt_id = claim(maker, run_id, settings.heartbeat_timeout_s)
+    if attempt_id is None:
         return "skipped"
     with maker() as session:
         run = session.get(Run, run_id)
-        attempt = Attempt(
-            run_id=run_id,
-            worker_host=socket.gethostname(),
-            gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
-            pid=os.getpid(),
-        )
-        session.add(attempt)
-        session.commit()
-        attempt_id, kind, spec, retry_of_id = attempt.id, run.kind, dict(run.spec), run.retry_of_id
-        queue = run.queue
+        kind, spec, retry_of_id, queue = run.kind, dict(run.spec), run.retry_of_id, run.queue
     beat_s = heartbeat_interval(settings.heartbeat_timeout_s)
     if isolate:
         def in_child() -> Outcome:
@@ -120,13 +110,13 @@ def execute_run(
             )
 
         state, error, result = supervise(
-            maker, run_id, in_child, settings.cancel_grace_s, beat_s, shutting_down or (lambda: False)
+            maker, run_id, attempt_id, in_child, settings.cancel_grace_s, beat_s, shutting_down or (lambda: False)
         )
     else:
         state, error, result = run_attempt(maker, run_id, attempt_id, kind, spec, retry_of_id, settings, beat_s)
     if state == HANDED_BACK:
         hand_back(maker, run_id, attempt_id, queue)
-    else:
+    elif state != LOST_RUN:  # a stale attempt has nothing to record: the run is another attempt's now
         finish(maker, run_id, attempt_id, state, error, result)
     return state
 
@@ -134,27 +124,16 @@ def execute_run(
 def hand_back(maker, run_id: int, attempt_id: int, queue: str) -> None:
     """The worker is shutting down: the run goes back to `queued` (its checkpoint was just written) and a
     new message is sent, so the next free worker resumes it instead of waiting for the heartbeat lease."""
-    now = utcnow()
     with maker() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.state == "running")
-            .values(state="queued", task_id=None, version=Run.version + 1)
-        )
-        session.execute(
-            update(Attempt)
-            .where(Attempt.id == attempt_id)
-            .values(ended_at=now, outcome="interrupted", error="the worker shut down; the run was queued again")
-        )
-        session.commit()
+        if not transitions.interrupt(session, run_id, attempt_id, "the worker shut down; the run was queued again"):
+            return
     try:
         task_id = send_run(app, run_id, queue, retry=True)
     except Exception:  # the broker is away too: the API's redelivery sends it once it can
         traceback.print_exc()
         return
     with maker() as session:
-        session.execute(update(Run).where(Run.id == run_id, Run.state == "queued").values(task_id=task_id))
-        session.commit()
+        transitions.requeue(session, run_id, task_id, "handed back by a worker that shut down")
 
 
 def fresh_maker(settings: Settings):
@@ -164,6 +143,20 @@ def fresh_maker(settings: Settings):
         inherited.kw["bind"].dispose(close=False)
     _makers.clear()
     return _maker(settings)
+
+
+def checked_spec(kind: str, spec: dict[str, Any], settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """The submit-time path check again, where the files are opened (roots may have changed, a symlink
+    may have been swapped since); relative cache folders are made to lie in the run's folder."""
+    problems = path_errors(kind, spec, settings, lab_filled=True, run_dir=out_dir)
+    if problems:
+        raise ObowError("; ".join(f"spec field {'.'.join(loc)}: {msg}" for loc, msg in problems))
+    spec = dict(spec)
+    for loc, root in kinds_service.paths(kind).items():
+        value = spec.get(loc[0]) if len(loc) == 1 else None
+        if root == PathRoot.CACHE and isinstance(value, str) and not Path(value).is_absolute():
+            spec[loc[0]] = str(out_dir / value)
+    return spec
 
 
 def run_attempt(
@@ -183,7 +176,7 @@ def run_attempt(
     supervisor asks for a hand-off (stop at the next step, checkpointed, and go back to the queue)."""
     root = settings.artifact_root
     out_dir = run_dir(root, run_id)
-    reporter = DbReporter(maker, run_id, root, heartbeat_s=heartbeat_s)
+    reporter = DbReporter(maker, run_id, attempt_id, root, heartbeat_s=heartbeat_s)
     state, error, result = "succeeded", None, None
     try:
         reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
@@ -197,11 +190,11 @@ def run_attempt(
             ) from None
         if supervised:
             signal.signal(signal.SIGUSR1, lambda *_: reporter.request_handoff())
-        result = obow_runs.run(kind, spec, out_dir, reporter)
+        result = obow_runs.run(kind, checked_spec(kind, spec, settings, out_dir), out_dir, reporter)
         if reporter.should_stop():
-            state = HANDED_BACK if reporter.handoff_requested else "cancelled"
+            state = reporter.stop_outcome()
     except StopRequested:
-        state = HANDED_BACK if reporter.handoff_requested else "cancelled"
+        state = reporter.stop_outcome()
     except ObowError as err:
         state, error = "failed", str(err)
     except Exception as err:  # a bug or a crash in the library: keep the traceback in the run's log
@@ -217,18 +210,18 @@ def run_attempt(
 
 
 def finish(maker, run_id: int, attempt_id: int, state: str, error: str | None, result: Any) -> None:
-    now = utcnow()
+    """Record the outcome. If the database refuses it (a value it cannot store, a constraint), the run
+    still ends: `failed`, saying why, rather than `running` until the sweeper re-queues it forever."""
     safe_result = result if isinstance(result, dict) else None
+    try:
+        with maker() as session:
+            transitions.finish(session, run_id, attempt_id, state, error, safe_result)
+        return
+    except Exception as err:
+        traceback.print_exc()
+        reason = f"the outcome '{state}' could not be recorded ({type(err).__name__}); error: {error or '-'}"
     with maker() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.state == "running")
-            .values(state=state, error=error, result=safe_result, finished_at=now, version=Run.version + 1)
-        )
-        session.execute(
-            update(Attempt).where(Attempt.id == attempt_id).values(ended_at=now, outcome=state, error=error)
-        )
-        session.commit()
+        transitions.finish(session, run_id, attempt_id, RunState.FAILED, reason, None)
 
 
 def _worker_shutting_down() -> bool:

@@ -8,10 +8,11 @@ ImageNet-like folders use Resize 256 → CenterCrop 224 and the ImageNet statist
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from obow.config.kinds import KindInfo, PathField, PathRoot
 from obow.config.pretrain import IMAGENET_MEAN, IMAGENET_STD, DatasetName, StrictModel
 
 GREY_DATASETS = {"FashionMNIST": (0.286, 0.353), "MNIST": (0.1307, 0.3081)}
@@ -28,11 +29,17 @@ def image_defaults(dataset: str) -> dict[str, Any]:
 
 
 class EvalSpec(StrictModel):
+    lab: ClassVar[KindInfo] = KindInfo(queue="gpu", weights_field="checkpoint")
+
     """What every evaluation shares: the checkpoint, the data, the views and how to run."""
 
-    checkpoint: str = Field(description="OBoW Lab checkpoint, or an official OBoW / torchvision file")
+    checkpoint: Annotated[str, PathField(PathRoot.WEIGHTS)] = Field(
+        description="OBoW Lab checkpoint, or an official OBoW / torchvision file"
+    )
     dataset: DatasetName = "FashionMNIST"
-    data_dir: str | None = Field(None, description="Dataset folder (Fashion-MNIST: the system copy if unset)")
+    data_dir: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
+        None, description="Dataset folder (Fashion-MNIST: the system copy if unset)"
+    )
     train_split: Literal["train", "val", "test"] = "train"
     test_split: Literal["train", "val", "test"] = Field(
         "val", description="Held-out split; ImageFolder 'test' falls back to val/, IDX 'val' is the test file"
@@ -93,7 +100,9 @@ class LinearSpec(EvalSpec, StepOrCosine):
         description="ImageNet: RandomResizedCrop+flip; Places205: Resize→RandomCrop+flip",
     )
     precache: bool = Field(False, description="Train on cached features of fixed views (much faster epochs)")
-    cache_dir: str | None = Field(None, description="Feature cache folder (default: <out_dir>/cache_features)")
+    cache_dir: Annotated[str | None, PathField(PathRoot.CACHE)] = Field(
+        None, description="Feature cache folder (default: <out_dir>/cache_features)"
+    )
     cache_views: Literal["center_flip", "ten_crop"] = Field(
         "center_flip", description="Cached training views: center crop + flip (2) or FiveCrop + flips (10)"
     )
@@ -110,7 +119,9 @@ class SemisupSpec(EvalSpec, StepOrCosine):
     schedule: list[int] = Field(default_factory=lambda: [24, 32])
     lr_decay: float = Field(0.2, gt=0, le=1)
     percentage: float = Field(1.0, gt=0, le=100, description="Labelled percentage of each class")
-    split_file: str | None = Field(None, description="Standard split list (one image file name per line)")
+    split_file: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
+        None, description="Standard split list (one image file name per line)"
+    )
 
 
 class FewshotSpec(EvalSpec):
@@ -128,7 +139,9 @@ class FewshotSpec(EvalSpec):
     k_shot: list[int] = Field(default_factory=lambda: [1], min_length=1)
     n_query: int = Field(1, ge=1, description="Query images per class and episode")
     scale: float = Field(10.0, gt=0, description="Cosine similarity scale of the prototype classifier")
-    novel_classes_file: str | None = Field(None, description='JSON {"novel_classes": [names or indices]}')
+    novel_classes_file: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
+        None, description='JSON {"novel_classes": [names or indices]}'
+    )
     novel_key: str = Field("novel_classes", min_length=1, description="Key of the class list in that JSON file")
     novel_fraction: float = Field(1.0, gt=0, le=1, description="Seeded share of classes used as novel")
 
@@ -157,7 +170,7 @@ class SvmSpec(EvalSpec):
     normalize: Literal["none", "l2", "bn"] = Field(
         "bn", description="bn: per-dimension standardisation by train statistics (pool5_bn); l2; none (pool5)"
     )
-    labels_file: str | None = Field(
+    labels_file: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
         None, description='Multi-label JSON {"classes": [...], "labels": {"<image file name>": [classes]}, '
         '"ignore": {"<image file name>": [classes]} (optional, e.g. VOC difficult)}'
     )

@@ -8,9 +8,11 @@ is an error naming the key, never a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from obow.config.kinds import KindInfo, PathField, PathRoot
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -112,7 +114,7 @@ class DataSpec(StrictModel):
     """Data and multi-crop settings; sizes default to the ImageNet ones of the paper."""
 
     dataset_name: DatasetName = "ImageNet"
-    data_dir: str | None = Field(
+    data_dir: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
         None, description="Dataset folder (ImageFolder root with train/ and val/, or the IDX files); None: default"
     )
     batch_size: int = Field(256, ge=1, description="Total batch size over all processes")
@@ -196,6 +198,8 @@ class RuntimeSpec(StrictModel):
 
 
 class PretrainSpec(StrictModel):
+    lab: ClassVar[KindInfo] = KindInfo(queue="gpu")
+
     kind: Literal["pretrain"] = "pretrain"
     name: str = Field("custom", pattern=r"^[A-Za-z0-9_.\-/]+$", max_length=200)
     model: ModelSpec = ModelSpec()

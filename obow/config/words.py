@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
+from obow.config.kinds import KindInfo, PathField, PathRoot
 from obow.config.pretrain import BowLevel, DatasetName, StrictModel
 
 
 class WordsSpec(StrictModel):
+    lab: ClassVar[KindInfo] = KindInfo(queue="cpu", weights_field="checkpoint")  # a short inference pass
+
     kind: Literal["words"] = "words"
-    checkpoint: str = Field(description="OBoW Lab training checkpoint (needs the teacher and the vocabulary)")
+    checkpoint: Annotated[str, PathField(PathRoot.WEIGHTS)] = Field(
+        description="OBoW Lab training checkpoint (needs the teacher and the vocabulary)"
+    )
     dataset: DatasetName | None = Field(None, description="Default: the pretraining dataset")
-    data_dir: str | None = None
+    data_dir: Annotated[str | None, PathField(PathRoot.DATA)] = None
     split: Literal["train", "val", "test"] = "train"
     levels: list[BowLevel] | None = Field(None, description="Default: every BoW level of the model")
     words: int = Field(64, ge=1, le=8192, description="How many words to show (the most used first)")

@@ -15,11 +15,11 @@ from fastapi import Depends, HTTPException, Path, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
-from server.models import ApiToken
+from server.core.models import ApiToken
+from server.core.settings import Settings
 from server.schemas import INT32_MAX
 from server.services import tokens
 from server.services.runs import Enqueue
-from server.settings import Settings
 
 SESSION_COOKIE = "obow_lab_session"
 CSRF_HEADER = "X-CSRF-Token"

@@ -1,4 +1,5 @@
-"""Artifacts on disk: recording them (workers), finding them for download, receiving uploads.
+"""Artifacts for the API: listing them, finding them for download, receiving uploads (the store itself,
+recording files and resolving stored paths, is `server.core.artifacts`).
 
 A download path always comes from the database row and must resolve (symlinks included) inside
 ARTIFACT_ROOT; a row that points elsewhere is refused, never served.
@@ -6,60 +7,21 @@ ARTIFACT_ROOT; a row that points elsewhere is refused, never served.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from obow.hashing import sha256_of
-from server.models import Artifact
+from server.core.artifacts import inside_root
+from server.core.errors import Forbidden, NotFound, TooLarge
+from server.core.models import Artifact
 from server.schemas import ArtifactOut
-from server.services.errors import Forbidden, NotFound, TooLarge
 
 SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
-
-
-def run_dir(artifact_root: Path, run_id: int) -> Path:
-    return artifact_root / "runs" / str(run_id)
-
-
-def _json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(meta), default=str))
-
-
-def record(
-    session: Session, artifact_root: Path, run_id: int, path: Path, kind: str, meta: Mapping[str, Any]
-) -> Artifact:
-    """Store a row for a file under the root (sha256 and size measured now). No commit."""
-    root = artifact_root.resolve()
-    resolved = Path(path).resolve()
-    if not resolved.is_relative_to(root):
-        raise Forbidden(f"artifact {path} is outside ARTIFACT_ROOT {root}")
-    meta = _json_safe(meta)
-    row = Artifact(
-        run_id=run_id,
-        kind=kind,
-        format=str(meta.get("format")) if meta.get("format") is not None else None,
-        options=meta,
-        path=resolved.relative_to(root).as_posix(),
-        sha256=sha256_of(resolved),
-        size=resolved.stat().st_size,
-    )
-    session.add(row)
-    return row
-
-
-def forget_deleted(session: Session, artifact_root: Path, run_id: int, kind: str) -> None:
-    """Drop rows whose file the run itself removed (pretraining keeps only its newest checkpoint)."""
-    for row in session.scalars(select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == kind)):
-        if not (artifact_root / row.path).exists():
-            session.delete(row)
 
 
 def to_out(row: Artifact) -> ArtifactOut:
@@ -85,10 +47,8 @@ def file_for_download(session: Session, artifact_root: Path, artifact_id: int) -
     row = session.get(Artifact, artifact_id)
     if row is None:
         raise NotFound(f"artifact {artifact_id} does not exist")
-    root = artifact_root.resolve()
-    stored = Path(row.path)
-    target = (root / stored).resolve()
-    if stored.is_absolute() or not target.is_relative_to(root):
+    target = inside_root(artifact_root, row.path)
+    if target is None:
         raise Forbidden(f"artifact {artifact_id} is not inside the artifact store")
     if not target.is_file():
         raise NotFound(f"artifact {artifact_id}'s file is missing from the artifact store")

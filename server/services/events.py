@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.models import LogLine, Metric, Run
+from server.core.errors import NotFound
+from server.core.models import LogLine, Metric, Run
 from server.schemas import INT64_MAX
-from server.services.errors import NotFound
 
 MAX_ROWS_PER_POLL = 5000
 

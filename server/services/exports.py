@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy.orm import Session
 
-from server.models import Run
+from server.core import kinds as kinds_service
+from server.core.errors import invalid
+from server.core.models import Run
+from server.core.settings import Settings
 from server.schemas import ExportCreate, RunCreate
-from server.services import kinds as kinds_service
 from server.services import runs as runs_service
-from server.services.errors import invalid
 
 
-def create_export(session: Session, run_id: int, body: ExportCreate, artifact_root: Path, enqueue) -> Run:
+def create_export(session: Session, run_id: int, body: ExportCreate, settings: Settings, enqueue) -> Run:
     runs_service.get_run(session, run_id)
     if "export" not in kinds_service.kinds():
         raise invalid(("body", "format"), "this installation has no 'export' run kind")
     spec = {**body.options, "format": body.format}
     return runs_service.create_run(
-        session, RunCreate(kind="export", spec=spec, parent_id=run_id), artifact_root, enqueue
+        session, RunCreate(kind="export", spec=spec, parent_id=run_id), settings, enqueue
     )

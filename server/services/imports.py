@@ -9,12 +9,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from server.models import Run
+from server.core import artifacts as artifact_store
+from server.core import kinds as kinds_service
+from server.core.errors import Invalid, invalid
+from server.core.models import Run
+from server.core.settings import Settings
 from server.services import artifacts as artifacts_service
-from server.services import kinds as kinds_service
 from server.services import runs as runs_service
-from server.services.errors import Invalid, invalid
-from server.settings import Settings
 
 
 async def create_import(
@@ -22,7 +23,7 @@ async def create_import(
 ) -> Run:
     if "import" not in kinds_service.kinds():
         raise invalid(("body",), "this installation has no 'import' run kind")
-    field = kinds_service.source_field("import")
+    field = kinds_service.upload_field("import")
     if field is None:
         raise invalid(("body",), "the 'import' spec has no input file field")
     upload = await artifacts_service.save_upload(
@@ -38,7 +39,7 @@ async def create_import(
             raise Invalid(
                 [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
             ) from None
-        run = runs_service.queued_run(
+        run = Run(
             kind="import",
             name=name,
             preset=None,
@@ -48,7 +49,7 @@ async def create_import(
         )
         session.add(run)
         session.flush()
-        artifacts_service.record(
+        artifact_store.record(
             session, settings.artifact_root, run.id, upload, "import", {"format": "upload"}
         )
         return runs_service.add_run_row(session, run, enqueue)

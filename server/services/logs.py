@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.models import LogLine
+from server.core.models import LogLine
 
 
 def read(session: Session, run_id: int, after_id: int | None, limit: int) -> list[LogLine]:

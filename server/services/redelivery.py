@@ -13,14 +13,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from server.models import LogLine, Run
+from server.core import transitions
+from server.core.models import WAITING_STATES, LogLine, Run
 from server.services.runs import Enqueue
 
 log = logging.getLogger("obow.lab")
-WAITING_STATES = ("queued", "lost")
 
 
 @dataclass
@@ -46,7 +46,8 @@ class Redelivery:
                 log.warning("could not queue run %s again: %s", run_id, err)
                 self.suspects.add(run_id)
                 continue
-            session.execute(update(Run).where(Run.id == run_id).values(task_id=task_id))
+            if not transitions.requeue(session, run_id, task_id, "the broker no longer held its message"):
+                continue  # claimed meanwhile: the duplicate message finds it taken and does nothing
             session.execute(
                 insert(LogLine),
                 [

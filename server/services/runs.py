@@ -1,34 +1,32 @@
-"""Creating, listing, cancelling and retrying runs; finding lost ones.
-
-Every state change is one guarded UPDATE (`... WHERE state IN (...)`), so two writers (the API, a
-worker, the lost-run sweeper) can never move a run backwards: a terminal run stays terminal.
-"""
+"""Creating, listing, cancelling and retrying runs; finding lost ones. Every state change goes
+through the run state machine (`server.core.transitions`)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from obow.config import list_presets, preset_dict
 from obow.config.presets import deep_update
 from obow.errors import ConfigError
-from server.models import TERMINAL_STATES, Artifact, Attempt, Run, utcnow
+from server.core import kinds as kinds_service
+from server.core import transitions
+from server.core.errors import Conflict, Invalid, NotFound, invalid
+from server.core.models import TERMINAL_STATES, Artifact, Run, RunState, utcnow
+from server.core.paths import path_errors
+from server.core.settings import Settings
+from server.core.text import clean_text
 from server.schemas import RunCreate
-from server.services import kinds as kinds_service
-from server.services.errors import Conflict, Invalid, NotFound, invalid
 
 Enqueue = Callable[[Run], str]
 
 # artifact kinds a child run can take its weights from, in order of preference
 WEIGHT_KINDS = ("checkpoint", "backbone", "import")
-PATHLIKE_KEY = re.compile(r"(path|dir|root|file|checkpoint|source|src|dst|out|name)", re.IGNORECASE)
 
 
 def get_run(session: Session, run_id: int) -> Run:
@@ -58,18 +56,17 @@ def list_runs(
     return list(items), total
 
 
-def _check_paths(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, Any]], pathish: bool) -> None:
-    """Reject `..` components and NUL bytes in every path-like field, at any depth."""
+def _check_strings(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, Any]]) -> None:
+    """NUL bytes and lone surrogates, at any depth: no database column or JSON answer can hold them."""
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_paths(item, (*loc, key), errors, pathish or bool(PATHLIKE_KEY.search(str(key))))
+            _check_strings(key, loc, errors)
+            _check_strings(item, (*loc, str(key)), errors)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_paths(item, (*loc, index), errors, pathish)
-    elif isinstance(value, str) and ("\x00" in value or (pathish and ".." in PurePosixPath(value).parts)):
-        errors.append(
-            {"loc": list(loc), "msg": "path must not contain '..' or NUL", "type": "path_traversal"}
-        )
+            _check_strings(item, (*loc, index), errors)
+    elif isinstance(value, str) and clean_text(value) != value:
+        errors.append({"loc": list(loc), "msg": "text must not contain NUL or invalid Unicode", "type": "string_type"})
 
 
 def latest_weights(session: Session, run: Run) -> Artifact | None:
@@ -98,7 +95,7 @@ def runs_with_weights(session: Session, limit: int = 100) -> list[Run]:
     return list(session.scalars(select(Run).where(Run.id.in_(ids)).order_by(Run.id.desc())))
 
 
-def build_spec(session: Session, body: RunCreate, artifact_root, extra: dict[str, Any] | None = None) -> dict:
+def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dict[str, Any] | None = None) -> dict:
     """Preset + overrides + parent's checkpoint, validated by the kind's spec class."""
     if body.kind not in kinds_service.kinds():
         raise invalid(
@@ -107,19 +104,15 @@ def build_spec(session: Session, body: RunCreate, artifact_root, extra: dict[str
     if body.kind == "import":  # its input is an uploaded file, never a path on the server
         raise invalid(("body", "kind"), "imports start from an upload: POST /api/v1/imports with the file")
     errors: list[dict[str, Any]] = []
-    _check_paths(body.spec, ("body", "spec"), errors, False)
-    ckpt_field = kinds_service.checkpoint_field(body.kind) if body.kind != "import" else None
-    for field in kinds_service.CHECKPOINT_FIELDS:
-        if field in body.spec:
-            errors.append(
-                {
-                    "loc": ["body", "spec", field],
-                    "msg": "weights come from a parent run: set parent_id instead of a path",
-                    "type": "value_error",
-                }
-            )
+    _check_strings(body.spec, ("body", "spec"), errors)
+    if not errors:
+        errors = [
+            {"loc": ["body", "spec", *loc], "msg": msg, "type": "path_not_allowed"}
+            for loc, msg in path_errors(body.kind, body.spec, settings)
+        ]
     if errors:
         raise Invalid(errors)
+    weights_field = kinds_service.weights_field(body.kind)
 
     data: dict[str, Any] = {}
     if body.preset is not None:
@@ -142,13 +135,13 @@ def build_spec(session: Session, body: RunCreate, artifact_root, extra: dict[str
         parent = session.get(Run, body.parent_id)
         if parent is None:
             raise invalid(("body", "parent_id"), f"run {body.parent_id} does not exist")
-        if ckpt_field is None:
+        if weights_field is None:
             raise invalid(("body", "parent_id"), f"a '{body.kind}' run does not start from a parent")
         weights = latest_weights(session, parent)
         if weights is None:
             raise invalid(("body", "parent_id"), f"run {parent.id} has no checkpoint yet")
-        data[ckpt_field] = str(artifact_root / weights.path)
-    elif ckpt_field is not None and cls.model_fields[ckpt_field].is_required():
+        data[weights_field] = str(settings.artifact_root / weights.path)
+    elif weights_field is not None and cls.model_fields[weights_field].is_required():
         raise invalid(("body", "parent_id"), f"a '{body.kind}' run needs parent_id (a run with a checkpoint)")
 
     try:
@@ -168,19 +161,11 @@ def build_spec(session: Session, body: RunCreate, artifact_root, extra: dict[str
 def _enqueue_or_fail(session: Session, run: Run, enqueue: Enqueue) -> Run:
     """The row is committed before the message is sent; if the broker is down the run fails visibly."""
     try:
-        run.task_id = enqueue(run)
+        task_id = enqueue(run)
     except Exception as err:  # broker unreachable: say so on the run instead of leaving it queued forever
-        session.execute(
-            update(Run)
-            .where(Run.id == run.id, Run.state == "queued")
-            .values(
-                state="failed",
-                error=f"could not enqueue: {err}",
-                finished_at=utcnow(),
-                version=Run.version + 1,
-            )
-        )
-    session.commit()
+        transitions.fail_unsent(session, run.id, f"could not enqueue: {err}")
+    else:
+        transitions.record_message(session, run.id, task_id)
     session.refresh(run)
     return run
 
@@ -188,118 +173,70 @@ def _enqueue_or_fail(session: Session, run: Run, enqueue: Enqueue) -> Run:
 def create_run(
     session: Session,
     body: RunCreate,
-    artifact_root,
+    settings: Settings,
     enqueue: Enqueue,
     extra: dict[str, Any] | None = None,
-    retry_of: Run | None = None,
 ) -> Run:
-    spec = build_spec(session, body, artifact_root, extra)
-    run = queued_run(
+    spec = build_spec(session, body, settings, extra)
+    run = Run(
         kind=body.kind,
         name=str(spec.get("name") or body.kind),
         preset=body.preset,
         spec=spec,
         parent_id=body.parent_id,
-        retry_of_id=retry_of.id if retry_of else None,
         queue=kinds_service.queue_for(body.kind),
     )
     return add_run_row(session, run, enqueue)
 
 
-def queued_run(**fields: Any) -> Run:
-    """A new row in its initial state: queued, no progress, no metrics, version 0."""
-    return Run(
-        state="queued", cancel_requested=False, progress_done=0, progress_total=0, version=0, metric_keys=[],
-        last_metrics={}, **fields,
-    )
-
-
 def add_run_row(session: Session, run: Run, enqueue: Enqueue) -> Run:
-    """Commit a prepared row, then enqueue it (imports build their spec themselves)."""
-    session.add(run)
-    session.commit()
+    """Create a prepared row (imports build their spec themselves), then enqueue it."""
+    transitions.create(session, run)
     return _enqueue_or_fail(session, run, enqueue)
 
 
 def cancel_run(session: Session, run_id: int) -> Run:
+    """Not started (or no worker alive): cancelled at once; running: its attempt stops at its next step."""
     run = get_run(session, run_id)
-    now = utcnow()
-    # not started (or no worker alive): cancelled at once; running: the worker stops at its next check
-    done = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.state.in_(("queued", "lost")))
-        .values(state="cancelled", cancel_requested=True, finished_at=now, version=Run.version + 1)
-    ).rowcount
-    if not done:
-        done = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.state == "running")
-            .values(cancel_requested=True, version=Run.version + 1)
-        ).rowcount
-    session.commit()
+    applied = transitions.request_cancel(session, run_id)
     session.refresh(run)
-    if not done:
+    if applied is None:
         raise Conflict(f"run {run_id} is already {run.state}")
     return run
 
 
 def retry_run(session: Session, run_id: int, enqueue: Enqueue) -> Run:
     """A new run with the same kind, validated spec and parent (a terminal run never runs again); a
-    pretraining retry resumes from the old run's latest checkpoint (the worker links it in)."""
+    pretraining retry resumes from the old run's latest checkpoint (the worker copies it in)."""
     old = get_run(session, run_id)
-    if old.state not in ("failed", "cancelled"):
+    if old.state not in (RunState.FAILED, RunState.CANCELLED):
         raise Conflict(f"run {run_id} is {old.state}; only failed or cancelled runs can be retried")
-    run = queued_run(
-        kind=old.kind,
-        name=old.name,
-        preset=old.preset,
-        spec=old.spec,
-        parent_id=old.parent_id,
-        retry_of_id=old.id,
-        queue=old.queue,
-    )
-    return add_run_row(session, run, enqueue)
+    run = transitions.retry(session, old)
+    return _enqueue_or_fail(session, run, enqueue)
 
 
 def sweep_lost(session: Session, timeout_s: float, enqueue: Enqueue) -> list[int]:
     """Runs whose worker stopped sending heartbeats become `lost` and are queued again (the next
     attempt resumes from the last checkpoint), or `cancelled` if a cancel was asked for."""
     cutoff = utcnow() - timedelta(seconds=timeout_s)
-    stale = session.scalars(select(Run.id).where(Run.state == "running", Run.heartbeat_at < cutoff)).all()
+    stale = session.scalars(
+        select(Run.id).where(Run.state == RunState.RUNNING, Run.heartbeat_at < cutoff)
+    ).all()
     requeued = []
     for run_id in stale:
-        # a run cancelled while its worker was dying is simply cancelled: nobody would claim it again
-        cancelled = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.state == "running", Run.heartbeat_at < cutoff, Run.cancel_requested)
-            .values(state="cancelled", finished_at=utcnow(), version=Run.version + 1)
-        ).rowcount
-        moved = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.state == "running", Run.heartbeat_at < cutoff)
-            .values(state="lost", version=Run.version + 1)
-        ).rowcount
-        if not (cancelled or moved):  # its worker came back in the meantime
-            continue
-        session.execute(
-            update(Attempt)
-            .where(Attempt.run_id == run_id, Attempt.ended_at.is_(None))
-            .values(ended_at=utcnow(), outcome="lost", error=f"no heartbeat for {timeout_s:.0f} s")
-        )
-        session.commit()
-        if not moved:
-            continue
+        if transitions.mark_lost(session, run_id, cutoff, f"no heartbeat for {timeout_s:.0f} s") != RunState.LOST:
+            continue  # its worker came back in the meantime, or it was being cancelled
         run = session.get(Run, run_id)
         if run is None:
             continue
+        session.refresh(run)
         try:
             task_id = enqueue(run)
         except Exception:  # broker down: the run stays `lost`, without a message; redelivery sends it later
-            task_id = None
-        session.execute(update(Run).where(Run.id == run_id).values(task_id=task_id))
-        session.commit()
+            transitions.record_message(session, run_id, None)
+            continue
+        transitions.requeue(session, run_id, task_id, "its worker stopped sending heartbeats")
         requeued.append(run_id)
-    session.commit()
     return requeued
 
 

@@ -9,7 +9,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.models import ApiToken, utcnow
+from server.core.models import ApiToken, utcnow
 
 TOKEN_PREFIX = "obow_"
 

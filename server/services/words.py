@@ -15,12 +15,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.models import Artifact, Run
+from server.core import kinds as kinds_service
+from server.core.errors import NotFound, invalid
+from server.core.models import Artifact, Run
+from server.core.settings import Settings
 from server.schemas import RunCreate, WordsCreate
 from server.services import artifacts as artifacts_service
-from server.services import kinds as kinds_service
 from server.services import runs as runs_service
-from server.services.errors import NotFound, invalid
 
 COLLAPSE_PREFIX = "collapse_"
 # the contact sheet's layout (obow/analysis/words.py contact_sheet): one row per word in index order
@@ -38,13 +39,13 @@ def collapsed_levels(last_metrics: Mapping[str, Any] | None) -> list[str]:
     return sorted(out)
 
 
-def create_words(session: Session, run_id: int, body: WordsCreate, artifact_root: Path, enqueue) -> Run:
+def create_words(session: Session, run_id: int, body: WordsCreate, settings: Settings, enqueue) -> Run:
     runs_service.get_run(session, run_id)
     if "words" not in kinds_service.kinds():
         raise invalid(("body",), "this installation has no 'words' run kind")
     spec = body.model_dump(exclude_none=True)
     return runs_service.create_run(
-        session, RunCreate(kind="words", spec=spec, parent_id=run_id), artifact_root, enqueue
+        session, RunCreate(kind="words", spec=spec, parent_id=run_id), settings, enqueue
     )
 
 

@@ -3,7 +3,9 @@
 "use strict";
 (function () {
   const schemas = JSON.parse(document.getElementById("schemas").textContent);
-  const checkpointFields = JSON.parse(document.getElementById("checkpoint-fields").textContent);
+  // per kind: queue, weights_field (filled by the server from the parent run), upload_field, path_fields
+  const kindInfo = JSON.parse(document.getElementById("kind-info").textContent);
+  function weightsField(kind) { return (kindInfo[kind] || {}).weights_field; }
   const kindSelect = document.getElementById("kind");
   const presetSelect = document.getElementById("preset");
   const presetLabel = document.getElementById("preset-label");
@@ -43,7 +45,7 @@
     const required = new Set(schemaNode.required || []);
     for (const [name, rawProp] of Object.entries(props)) {
       const fieldPath = path ? `${path}.${name}` : name;
-      if (!path && checkpointFields.includes(name)) continue; // the server fills it from the parent run
+      if (!path && name === weightsField(kindSelect.value)) continue; // the server fills it from the parent run
       const { variants, nullable } = variantsOf(rawProp, root);
       const mode = modeOf(variants);
       const prop = Object.assign({}, variants[0], rawProp);
@@ -211,7 +213,7 @@
     clearErrors();
     buildFields(fields, schema, schema, "");
     presetLabel.hidden = kind !== "pretrain";
-    parentLabel.hidden = !Object.keys(schema.properties || {}).some((name) => checkpointFields.includes(name));
+    parentLabel.hidden = !weightsField(kind);
     if (kind !== "pretrain") presetSelect.value = "";
     resetDefaults();
     if (presetSelect.value) applyPreset();

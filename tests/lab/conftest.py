@@ -25,10 +25,10 @@ from sqlalchemy import text
 
 from obow import runs
 from server.app import create_app
-from server.db import make_engine, make_sessionmaker, upgrade
-from server.models import Base, Run
+from server.core.db import make_engine, make_sessionmaker, upgrade
+from server.core.models import Base, Run
+from server.core.settings import Settings
 from server.services import tokens
-from server.settings import Settings
 from tests.lab import fake_kinds
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -11,26 +11,28 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from obow import runs
+from obow.config.kinds import KindInfo, PathField, PathRoot
 from obow.errors import ConfigError
 from obow.reporting import Reporter, check_stop
 
 
 class FakeTrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    lab: ClassVar[KindInfo] = KindInfo(queue="gpu")
 
     kind: Literal["faketrain"] = "faketrain"
-    name: str = Field("fake", pattern=r"^[A-Za-z0-9_.\-/]+$")
+    name: str = Field("fake", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
     steps: int = Field(20, ge=1, le=100_000)
     sleep_s: float = Field(0.0, ge=0, le=5)
     lr: float = Field(0.1, gt=0)
     fail_at: int | None = Field(None, ge=0, description="Raise a user error at this step (fresh starts only)")
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every N steps")
-    data_dir: str | None = None
+    data_dir: Annotated[str | None, PathField(PathRoot.DATA)] = None
     hang_at: int | None = Field(None, ge=0, description="Sleep hang_s at this step without checking for a stop")
     hang_s: float = Field(0.0, ge=0, le=600)
     die_at: int | None = Field(None, ge=0, description="SIGKILL its own process at this step (an OOM kill)")
@@ -66,9 +68,10 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
 
 class FakeExportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    lab: ClassVar[KindInfo] = KindInfo(queue="cpu", weights_field="checkpoint")
 
     kind: Literal["export"] = "export"
-    checkpoint: str
+    checkpoint: Annotated[str, PathField(PathRoot.WEIGHTS)]
     format: Literal["torchvision", "safetensors"] = "torchvision"
     rgb_to_bgr: bool = False
 
@@ -84,10 +87,11 @@ def run_fakeexport(spec: FakeExportSpec, out_dir: Path, reporter: Reporter) -> d
 
 class FakeImportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    lab: ClassVar[KindInfo] = KindInfo(queue="cpu", upload_field="source")
 
     kind: Literal["import"] = "import"
     name: str = "import"
-    source: str
+    source: Annotated[str, PathField(PathRoot.UPLOAD)]
 
 
 def run_fakeimport(spec: FakeImportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 
-from server.models import Artifact
+from server.core.models import Artifact
 from tests.lab.conftest import artifact_files, count_rows, upload
 from worker.tasks import execute_run
 

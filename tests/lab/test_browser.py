@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from server.client import LabClient
+from obow_lab_client import LabClient
 from tests.lab.conftest import Live, start_live
 
 CHROMIUM = "/usr/bin/chromium"

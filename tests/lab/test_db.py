@@ -12,10 +12,10 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 
 from server.app import create_app
-from server.db import DatabaseNotMigrated, make_engine, make_sessionmaker
-from server.models import Base, Run
-from server.services import metrics as metrics_service
-from server.settings import Settings
+from server.core import metrics as metrics_service
+from server.core.db import DatabaseNotMigrated, make_engine, make_sessionmaker
+from server.core.models import Base, Run
+from server.core.settings import Settings
 from tests.lab.conftest import _db_url
 
 

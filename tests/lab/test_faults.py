@@ -21,9 +21,9 @@ import redis
 import torch
 
 from obow.train.checkpoint import load_training_checkpoint
-from server.client import LabClient
+from obow_lab_client import LabClient
+from server.core.queue import RUN_TASK, make_celery
 from tests.lab.conftest import Live, start_live
-from worker.celery_app import RUN_TASK, make_celery
 
 LEASE_S = 4.0  # heartbeat lease of these tests: a dead worker's run is lost after 4-6 s
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.client import LabClient
+from obow_lab_client import LabClient
 from tests.lab.conftest import Live, start_live
 
 REPO = Path(__file__).resolve().parents[2]

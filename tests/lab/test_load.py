@@ -19,7 +19,7 @@ CLIENTS, SSE_CLIENTS, DURATION_S = 20, 6, 10.0
 
 @pytest.mark.slow
 def test_twenty_clients_for_ten_seconds_without_an_error(pg_url: str, tmp_path: Path) -> None:
-    from server.db import upgrade
+    from server.core.db import upgrade
 
     upgrade(pg_url)
     _truncate(pg_url)  # the session's database may hold other tests' rows

@@ -7,9 +7,9 @@ import random
 
 from sqlalchemy import select, update
 
-from server.models import MetricBlock, Run
-from server.services import metrics as metrics_service
-from server.services.runs import queued_run
+from server.core import metrics as metrics_service
+from server.core import transitions
+from server.core.models import MetricBlock, Run
 from worker.tasks import execute_run
 
 
@@ -32,10 +32,7 @@ def _blocks(session, run_id: int) -> list[tuple]:
 
 
 def _new_run(session) -> int:
-    run = queued_run(kind="faketrain", name="r", spec={}, queue="gpu")
-    session.add(run)
-    session.commit()
-    return run.id
+    return transitions.create(session, Run(kind="faketrain", name="r", spec={}, queue="gpu")).id
 
 
 def test_supersede_leaves_the_blocks_a_fresh_ingest_of_the_kept_points_gives(lab):

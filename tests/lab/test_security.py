@@ -28,15 +28,15 @@ from obow import runs
 from server import pages
 from server.api.deps import SESSION_COOKIE
 from server.app import create_app
-from server.db import upgrade
-from server.models import ApiToken, Artifact, Base
-from server.services import artifacts as artifacts_service
+from server.core import artifacts as artifact_store
+from server.core.db import upgrade
+from server.core.errors import Forbidden
+from server.core.models import ApiToken, Artifact, Base
+from server.core.settings import Settings
 from server.services import tokens
-from server.services.errors import Forbidden
-from server.settings import Settings
 from tests.lab.conftest import LIBRARY_KINDS, REPO, Recorder, artifact_files, upload
 from worker.reporter import DbReporter
-from worker.tasks import execute_run
+from worker.tasks import claim, execute_run
 
 SAFE_METHODS = {"get", "head", "options"}
 # Routes that must be in the document: if the schema came out empty or renamed, the test fails.
@@ -353,7 +353,7 @@ def test_static_mount_serves_only_its_own_files(lab):
 def test_worker_refuses_to_record_an_artifact_outside_the_root(lab, tmp_path):
     run = lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers=lab.auth).json()
     root = lab.settings.artifact_root
-    inside = artifacts_service.run_dir(root, run["id"])
+    inside = artifact_store.run_dir(root, run["id"])
     inside.mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -361,7 +361,8 @@ def test_worker_refuses_to_record_an_artifact_outside_the_root(lab, tmp_path):
     os.symlink(outside / "weights.pt", inside / "link.pt")
     os.symlink(outside, inside / "dir")
     (inside / "ok.pt").write_bytes(b"ok")
-    reporter = DbReporter(lab.client.app.state.sessionmaker, run["id"], root)
+    maker = lab.client.app.state.sessionmaker
+    reporter = DbReporter(maker, run["id"], claim(maker, run["id"], 60), root)
     try:
         for path in (outside / "weights.pt", inside / "link.pt", inside / "dir" / "weights.pt",
                      inside / ".." / ".." / ".." / "outside" / "weights.pt"):
@@ -531,7 +532,7 @@ def test_compose_file_and_settings_hold_no_literal_secret():
     assert "SECRET" not in (REPO / "Dockerfile").read_text().upper()
     # settings.py: no default key; an unset key is generated per home, random, readable only by its owner
     assert Settings.model_fields["secret_key_value"].default is None
-    source = (REPO / "server" / "settings.py").read_text()
+    source = (REPO / "server" / "core" / "settings.py").read_text()
     assert not re.search(r"secret\w*\s*[:=][^\n]*['\"][A-Za-z0-9_\-]{8,}['\"]", source, re.IGNORECASE)
 
 

@@ -30,11 +30,11 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from server.db import make_engine, make_sessionmaker, upgrade
+from server.core.db import make_engine, make_sessionmaker, upgrade
+from server.core.settings import Settings
 from server.schemas import RunCreate
 from server.services import runs as runs_service
 from server.services import tokens
-from server.settings import Settings
 from tests.lab.conftest import REDIS_URL, REPO, _free_port, _truncate
 from tests.lab.test_browser import ARGS, CHROMIUM
 from worker.tasks import execute_run
@@ -187,7 +187,7 @@ def create_run(lab: Lab) -> int:
     """The run row, queued, without a broker: the test's own thread is its worker."""
     with lab.maker() as session:
         run = runs_service.create_run(
-            session, RunCreate(kind="faketrain", spec=SPEC), lab.settings.artifact_root, lambda run: "in-process"
+            session, RunCreate(kind="faketrain", spec=SPEC), lab.settings, lambda run: "in-process"
         )
         return run.id
 

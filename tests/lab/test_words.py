@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from server.models import Artifact, Run
-from server.services import artifacts as artifacts_service
+from server.core import artifacts as artifact_store
+from server.core.models import Artifact, Run
 from server.services.words import collapsed_levels, page_of_words
 from worker.tasks import execute_run
 
@@ -26,10 +26,10 @@ def _pretrain_row(lab, checkpoint, last_metrics: dict | None = None) -> int:
                   last_metrics=last_metrics or {}, metric_keys=sorted(last_metrics or {}))
         session.add(run)
         session.flush()
-        target = artifacts_service.run_dir(lab.settings.artifact_root, run.id) / checkpoint.name
+        target = artifact_store.run_dir(lab.settings.artifact_root, run.id) / checkpoint.name
         target.parent.mkdir(parents=True)
         shutil.copy(checkpoint, target)
-        artifacts_service.record(session, lab.settings.artifact_root, run.id, target, "checkpoint", {})
+        artifact_store.record(session, lab.settings.artifact_root, run.id, target, "checkpoint", {})
         session.commit()
         return run.id
 

@@ -1,10 +1,10 @@
-"""A lab worker for the integration tests: the production worker command, plus the test-only kinds
-(registered before Celery starts, so the task finds them)."""
+"""A lab worker for the integration tests: the production worker command (`python -m worker`), plus
+the test-only kinds (registered before Celery starts, so the task finds them)."""
 
 from tests.lab import fake_kinds
 
 if __name__ == "__main__":
     fake_kinds.register(keep_real=True)
-    from server.cli import lab
+    from worker.__main__ import main
 
-    lab(["worker", "--pool", "solo", "--queues", "gpu,cpu", "--loglevel", "WARNING"], prog_name="obow lab")
+    main(["--pool", "solo", "--queues", "gpu,cpu", "--loglevel", "WARNING"], prog_name="python -m worker")

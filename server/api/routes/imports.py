@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from server.api.deps import DbDep, EnqueueDep, SettingsDep, TokenDep
+from server.core.errors import TooLarge
 from server.schemas import RunOut
 from server.services import imports as imports_service
-from server.services.errors import TooLarge
 
 router = APIRouter(prefix="/imports", tags=["imports"])
 

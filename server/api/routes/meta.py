@@ -7,9 +7,9 @@ from sqlalchemy import text
 
 from obow.config import list_presets, preset_dict
 from server.api.deps import DbDep
+from server.core import kinds as kinds_service
+from server.core.errors import NotFound
 from server.schemas import KindOut, PresetOut
-from server.services import kinds as kinds_service
-from server.services.errors import NotFound
 
 router = APIRouter(tags=["meta"])
 
@@ -32,8 +32,8 @@ def kinds() -> list[KindOut]:
     return [
         KindOut(
             kind=k,
-            queue=kinds_service.queue_for(k),
-            needs_parent=k != "import" and kinds_service.checkpoint_field(k) is not None,
+            **kinds_service.describe(k),
+            needs_parent=kinds_service.weights_field(k) is not None,
             json_schema=kinds_service.json_schema(k),
         )
         for k in kinds_service.kinds()

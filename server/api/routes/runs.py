@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from server.api.deps import DbDep, EnqueueDep, IdPath, SettingsDep, StrictJsonRoute, TokenDep
+from server.core import metrics as metrics_service
 from server.schemas import (
     INT32_MAX,
     INT64_MAX,
@@ -31,7 +32,6 @@ from server.services import artifacts as artifacts_service
 from server.services import events as events_service
 from server.services import exports as exports_service
 from server.services import logs as logs_service
-from server.services import metrics as metrics_service
 from server.services import runs as runs_service
 from server.services import words as words_service
 
@@ -41,7 +41,7 @@ router = APIRouter(prefix="/runs", tags=["runs"], route_class=StrictJsonRoute)
 @router.post("", status_code=201, response_model=RunOut)
 def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
     """Validate the spec (422 names each bad field), store the run, then queue it."""
-    run = runs_service.create_run(db, body, settings.artifact_root, enqueue)
+    run = runs_service.create_run(db, body, settings, enqueue)
     return RunOut.model_validate(run)
 
 
@@ -125,7 +125,7 @@ def create_export(
 ) -> RunOut:
     """Convert the run's latest checkpoint: an `export` child run on the cpu queue."""
     return RunOut.model_validate(
-        exports_service.create_export(db, run_id, body, settings.artifact_root, enqueue)
+        exports_service.create_export(db, run_id, body, settings, enqueue)
     )
 
 
@@ -134,7 +134,7 @@ def create_words(
     run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
 ) -> RunOut:
     """A `words` child run (cpu queue) drawing the visual-word gallery of the run's latest checkpoint."""
-    run = words_service.create_words(db, run_id, body, settings.artifact_root, enqueue)
+    run = words_service.create_words(db, run_id, body, settings, enqueue)
     return RunOut.model_validate(run)
 
 

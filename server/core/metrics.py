@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from server.models import Metric, MetricBlock
+from server.core.models import Metric, MetricBlock
 
 Point = tuple[str, int, float, float]  # key, step, value, unix time
 # steps per block at levels 0..4: a read uses the coarsest level with at least half as many blocks as

@@ -1,15 +1,53 @@
-"""Sending runs to the workers by task name, and asking the broker which messages it still holds; the
-server never imports the tasks themselves."""
+"""The queue contract between the API and the workers: the Celery app definition, the task name,
+routing, sending a run by name, and asking the broker which messages it still holds.
+
+Torch-free and task-free: the API imports it to send runs; `worker.celery_app` builds its app with the
+same `make_celery` and adds the task module (`include`), so the server never imports `worker/`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 
 from celery import Celery
 
-from server.models import Run
-from worker.celery_app import QUEUES, make_celery, send_run
+from server.core.models import Run
+
+RUN_TASK = "obow.run"
+QUEUES = ("gpu", "cpu")
+# Longer than any run: Redis would otherwise hand an unacknowledged long run to a second worker.
+# Lost workers are found by heartbeats instead (the API's sweeper re-queues their runs).
+VISIBILITY_TIMEOUT_S = 30 * 24 * 3600
+
+
+def make_celery(broker_url: str, include: Sequence[str] = ()) -> Celery:
+    """The one Celery configuration of the lab; workers pass their task module in `include`."""
+    app = Celery("obow_lab", broker=broker_url, include=list(include))
+    app.conf.update(
+        task_acks_late=True,  # a run is acknowledged when it ends, so a dead worker's run is redelivered
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one run at a time per worker process
+        task_ignore_result=True,  # results live in the lab's database
+        task_default_queue="gpu",
+        task_create_missing_queues=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    if broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return app
+
+
+def send_run(app: Celery, run_id: int, queue: str, retry: bool = False) -> str:
+    """Send a run's message by task name; its task id names the run, so a broker's contents can be
+    matched with the lab's rows (redelivery). `retry`: Celery's publish retries (the API fails fast)."""
+    task_id = f"run-{run_id}-{uuid.uuid4().hex[:12]}"
+    app.send_task(RUN_TASK, args=[run_id], queue=queue, task_id=task_id, retry=retry)
+    return task_id
 
 # kombu's Redis transport keeps a queue's messages in one list per priority step ("gpu", "gpu\x06\x163",
 # ...) and messages delivered but not yet acknowledged (acks_late: a run in progress) in one hash

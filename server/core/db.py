@@ -11,7 +11,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from server.core.resources import lab_dir
+
+MIGRATIONS_DIR = lab_dir("migrations")
 
 
 class DatabaseNotMigrated(RuntimeError):

@@ -71,6 +71,10 @@ class LabClient:
             body["parent_id"] = parent_id
         return self._json(self._http.post("/runs", json=body))
 
+    def kinds(self) -> list[dict[str, Any]]:
+        """Run kinds with their queue, weights and path fields and JSON schemas."""
+        return self._json(self._http.get("/kinds"))
+
     def run(self, run_id: int) -> dict[str, Any]:
         return self._json(self._http.get(f"/runs/{run_id}"))
 

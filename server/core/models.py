@@ -7,6 +7,7 @@ seconds (float): they are written in bulk and compared numerically by the SSE st
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -27,8 +28,27 @@ from sqlalchemy.types import TypeDecorator
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for the big tables.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class RunState(StrEnum):
+    """A run's life: `queued -> running -> succeeded | failed | cancelled`; a running run whose heartbeat
+    stops is `lost` until another attempt claims it. Only `server.core.transitions` writes it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+RUN_STATES = tuple(state.value for state in RunState)
+TERMINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+WAITING_STATES = (RunState.QUEUED, RunState.LOST)  # a worker may claim these
 
 
 def utcnow() -> datetime:
@@ -74,6 +94,9 @@ class Run(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(String(64))
+    # the attempt that owns the run while it is `running` (fencing: its writes name it), else NULL
+    attempt_id: Mapped[int | None] = mapped_column(Integer)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -94,6 +117,7 @@ class Attempt(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer, default=1)  # 1, 2, 3 ... within its run, no gaps
     worker_host: Mapped[str] = mapped_column(String(255))
     gpu: Mapped[str | None] = mapped_column(String(64))
     pid: Mapped[int] = mapped_column(Integer)
@@ -103,6 +127,23 @@ class Attempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="attempts")
+
+
+class RunEvent(Base):
+    """One state change of a run, with its cause: the run's history, written by the same transaction
+    as the change itself (`server.core.transitions`)."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    time: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    transition: Mapped[str] = mapped_column(String(20))
+    from_state: Mapped[str | None] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    attempt_id: Mapped[int | None] = mapped_column(Integer)
+    cause: Mapped[str] = mapped_column(Text)
 
 
 class Metric(Base):
@@ -177,3 +218,32 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # None: until revoked
+
+
+class WebSession(Base):
+    """A dashboard login, server-side: the cookie names it, so logging out (or its expiry, or revoking
+    its token) ends it even for a copied cookie. Only the sha256 of its secret is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class WorkerBeat(Base):
+    """A worker process that is alive: it refreshes `last_seen_at` every quarter lease; `/healthz`
+    reports, per queue, when a worker was last seen."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery's node name
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(100))  # comma-separated
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,0 +1,186 @@
+"""A small Python client of the lab's REST API. HTTP only (httpx): usable from any machine that can
+reach the server, with no database, Celery or torch.
+
+    lab = LabClient("http://127.0.0.1:8000", token="obow_...")
+    run = lab.submit("pretrain", preset="FashionMNIST/tiny", spec={"optim": {"num_epochs": 1}})
+    for key, step, value in lab.stream_metrics(run["id"]):
+        print(key, step, value)
+    export = lab.export(run["id"], "safetensors")
+    lab.wait(export["id"])
+    lab.download(lab.artifacts(export["id"])[0]["id"], "weights.safetensors")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class LabError(RuntimeError):
+    """The server refused a request; `status` and `detail` say why."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class LabClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LabClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.is_error:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            raise LabError(response.status_code, detail)
+        return response.json()
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def submit(
+        self,
+        kind: str,
+        preset: str | None = None,
+        spec: dict[str, Any] | None = None,
+        parent_id: int | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": kind, "spec": spec or {}}
+        if preset:
+            body["preset"] = preset
+        if parent_id is not None:
+            body["parent_id"] = parent_id
+        return self._json(self._http.post("/runs", json=body))
+
+    def kinds(self) -> list[dict[str, Any]]:
+        """Run kinds with their queue, weights and path fields and JSON schemas."""
+        return self._json(self._http.get("/kinds"))
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return self._json(self._http.get(f"/runs/{run_id}"))
+
+    def runs(self, **filters: Any) -> dict[str, Any]:
+        return self._json(self._http.get("/runs", params={k: v for k, v in filters.items() if v is not None}))
+
+    def cancel(self, run_id: int) -> dict[str, Any]:
+        return self._json(self._http.post(f"/runs/{run_id}/cancel"))
+
+    def retry(self, run_id: int) -> dict[str, Any]:
+        return self._json(self._http.post(f"/runs/{run_id}/retry"))
+
+    def wait(self, run_id: int, timeout: float = 3600.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """Poll until the run is finished; returns it (whatever the outcome)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(run_id)
+            if run["state"] in TERMINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f} s")
+            time.sleep(poll_s)
+
+    def metrics(self, run_id: int, keys: list[str] | None = None, max_points: int = 2000) -> dict[str, Any]:
+        params: dict[str, Any] = {"max_points": max_points}
+        if keys:
+            params["keys"] = ",".join(keys)
+        return self._json(self._http.get(f"/runs/{run_id}/metrics", params=params))
+
+    def logs(self, run_id: int, limit: int = 200) -> list[dict[str, Any]]:
+        return self._json(self._http.get(f"/runs/{run_id}/logs", params={"limit": limit}))
+
+    # -- live events ---------------------------------------------------------------------------------
+    def events(
+        self, run_id: int, last_event_id: str | None = "0-0-0", timeout: float = 3600.0
+    ) -> Iterator[tuple[str, dict]]:
+        """(event, data) from the SSE stream until the run ends; reconnects with Last-Event-ID after a
+        dropped connection. The default id replays the run from its start; None starts from now."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            try:
+                with self._http.stream(
+                    "GET", f"/runs/{run_id}/events", headers=headers, timeout=None
+                ) as response:
+                    if response.is_error:
+                        response.read()
+                        self._json(response)
+                    fields: dict[str, str] = {}
+                    for line in response.iter_lines():
+                        if line:
+                            name, _, value = line.partition(":")
+                            fields[name] = value.removeprefix(" ")
+                            continue
+                        if "event" in fields:
+                            last_event_id = fields.get("id", last_event_id)
+                            if fields["event"] == "end":
+                                return
+                            yield fields["event"], json.loads(fields.get("data", "{}"))
+                        fields = {}
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
+                time.sleep(1.0)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s")
+
+    def stream_metrics(self, run_id: int, **kwargs: Any) -> Iterator[tuple[str, int, float]]:
+        """(key, step, value) for every point of the run, live, until it ends."""
+        for event, data in self.events(run_id, **kwargs):
+            if event == "metrics":
+                for key, step, value, _ in data["points"]:
+                    yield key, step, value
+
+    # -- artifacts -----------------------------------------------------------------------------------
+    def artifacts(self, run_id: int) -> list[dict[str, Any]]:
+        return self._json(self._http.get(f"/runs/{run_id}/artifacts"))
+
+    def export(self, run_id: int, format: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._json(
+            self._http.post(f"/runs/{run_id}/exports", json={"format": format, "options": options or {}})
+        )
+
+    def import_checkpoint(self, path: str | Path, name: str = "import") -> dict[str, Any]:
+        with open(path, "rb") as handle:
+            response = self._http.post(
+                "/imports",
+                params={"name": name},
+                content=handle,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        return self._json(response)
+
+    def download(self, artifact_id: int, dest: str | Path) -> Path:
+        """Stream to `dest` (through a temp file) and check the sha256 the server announces."""
+        dest = Path(dest)
+        partial = dest.with_name(dest.name + ".part")
+        digest = hashlib.sha256()
+        with self._http.stream("GET", f"/artifacts/{artifact_id}/download") as response:
+            if response.is_error:
+                response.read()
+                self._json(response)
+            expected = response.headers.get("x-content-sha256")
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    handle.write(chunk)
+        if expected and digest.hexdigest() != expected:
+            partial.unlink(missing_ok=True)
+            raise LabError(200, f"sha256 mismatch for artifact {artifact_id}: download corrupted")
+        partial.replace(dest)
+        return dest

@@ -1,0 +1,66 @@
+"""The artifact store: files under ARTIFACT_ROOT, one row each with sha256 and size.
+
+Stored paths are relative to the root and never come from a request; every read resolves them
+(symlinks included) and refuses anything that lands outside the root.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from obow.hashing import sha256_of
+from server.core.errors import Forbidden
+from server.core.models import Artifact
+
+
+def run_dir(artifact_root: Path, run_id: int) -> Path:
+    return artifact_root / "runs" / str(run_id)
+
+
+def _json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(meta), default=str))
+
+
+def record(
+    session: Session, artifact_root: Path, run_id: int, path: Path, kind: str, meta: Mapping[str, Any]
+) -> Artifact:
+    """Store a row for a file under the root (sha256 and size measured now). No commit."""
+    root = artifact_root.resolve()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(root):
+        raise Forbidden(f"artifact {path} is outside ARTIFACT_ROOT {root}")
+    meta = _json_safe(meta)
+    row = Artifact(
+        run_id=run_id,
+        kind=kind,
+        format=str(meta.get("format")) if meta.get("format") is not None else None,
+        options=meta,
+        path=resolved.relative_to(root).as_posix(),
+        sha256=sha256_of(resolved),
+        size=resolved.stat().st_size,
+    )
+    session.add(row)
+    return row
+
+
+def forget_deleted(session: Session, artifact_root: Path, run_id: int, kind: str) -> None:
+    """Drop rows whose file the run itself removed (pretraining keeps only its newest checkpoint)."""
+    for row in session.scalars(select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == kind)):
+        if not (artifact_root / row.path).exists():
+            session.delete(row)
+
+
+def inside_root(artifact_root: Path, stored: str) -> Path | None:
+    """The file a stored path names, or None when it is absolute or resolves outside the root."""
+    root = artifact_root.resolve()
+    relative = Path(stored)
+    target = (root / relative).resolve()
+    if relative.is_absolute() or not target.is_relative_to(root):
+        return None
+    return target

@@ -1,0 +1,131 @@
+"""Lab settings from the environment.
+
+The embedded default keeps everything under one home directory (SQLite database, SQLite broker,
+artifacts, a generated secret key), so `obow lab up` needs no other service. Production sets
+DATABASE_URL (PostgreSQL), CELERY_BROKER_URL (Redis), ARTIFACT_ROOT (a directory shared by the API and
+every worker) and OBOW_LAB_SECRET_KEY (shared by every API replica).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _DocumentedNamesOnly(EnvSettingsSource):
+    """Environment variables under their documented names only (`OBOW_LAB_HOME`, `DATABASE_URL`, ...).
+
+    Field names (home, host, port) are accepted as keyword arguments, but as environment variables
+    they would be HOME, HOST and PORT, which other programs set: the lab's data went to $HOME."""
+
+    def _extract_field_info(self, field: FieldInfo, field_name: str, model_config=None):
+        config = {**(model_config or self.config), "populate_by_name": False, "validate_by_name": False}
+        return super()._extract_field_info(field, field_name, config)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _DocumentedNamesOnly(settings_cls)
+
+    home: Path = Field(Path("lab-data"), validation_alias=AliasChoices("OBOW_LAB_HOME"))
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"))
+    broker_url: str | None = Field(None, validation_alias=AliasChoices("CELERY_BROKER_URL"))
+    artifact_root_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("ARTIFACT_ROOT")
+    )
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("OBOW_LAB_HOST"))
+    port: int = Field(8000, validation_alias=AliasChoices("OBOW_LAB_PORT"))
+    secret_key_value: str | None = Field(
+        None, validation_alias=AliasChoices("OBOW_LAB_SECRET_KEY")
+    )
+    max_upload_mb: float = Field(
+        2048.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_MAX_UPLOAD_MB")
+    )
+    heartbeat_timeout_s: float = Field(
+        300.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_HEARTBEAT_TIMEOUT_S")
+    )
+    cancel_grace_s: float = Field(
+        5.0, ge=0, validation_alias=AliasChoices("OBOW_LAB_CANCEL_GRACE_S")
+    )
+    isolate_runs: bool = Field(True, validation_alias=AliasChoices("OBOW_LAB_ISOLATE_RUNS"))
+    db_pool_size: int | None = Field(
+        None, gt=0, validation_alias=AliasChoices("OBOW_LAB_DB_POOL_SIZE")
+    )  # PostgreSQL connections the API keeps open (server.core.db.PG_POOL_SIZE when unset)
+    sse_poll_s: float = Field(0.25, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S"))
+
+    data_roots_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_DATA_ROOTS"))
+    cache_roots_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_CACHE_ROOTS"))
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """Folders a spec's data paths may point into (`OBOW_LAB_DATA_ROOTS`, `:`-separated); default:
+        the built-in datasets and `<home>/data`. Resolved, symlinks followed."""
+        if self.data_roots_value:
+            return _roots(self.data_roots_value)
+        return [Path(BUILTIN_DATA_ROOT).resolve(), (self.home / "data").resolve()]
+
+    @property
+    def cache_roots(self) -> list[Path]:
+        """Where an absolute feature-cache folder may be (`OBOW_LAB_CACHE_ROOTS`); default `<home>/cache`.
+        A relative one lies inside the run's own folder."""
+        return _roots(self.cache_roots_value) if self.cache_roots_value else [(self.home / "cache").resolve()]
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'lab.db').resolve()}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.artifact_root_dir or self.home / "artifacts").resolve()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @cached_property
+    def secret_key(self) -> str:
+        """The configured key, else one generated once and kept (mode 0600) in the lab's home."""
+        if self.secret_key_value:
+            return self.secret_key_value
+        path = self.home / "secret_key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process of the lab wrote it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+
+BUILTIN_DATA_ROOT = "/usr/share/datasets"  # Debian's dataset packages (Fashion-MNIST)
+
+
+def _roots(value: str) -> list[Path]:
+    return [Path(part).expanduser().resolve() for part in value.split(":") if part.strip()]
+
+
+def get_settings() -> Settings:
+    return Settings()
