@@ -11,28 +11,27 @@ import torch
 import yaml
 
 from obow.config.export import ExportSpec, ImportSpec
+from obow.config.pretrain import PretrainSpec
 from obow.errors import ConfigError
 from obow.export import writers
+from obow.export.official import import_checkpoint, official_model
+from obow.hashing import sha256_of
+from obow.io.checkpoint import BACKBONE_FORMAT, PRETRAIN_FORMAT, load_file
+from obow.io.layouts import OFFICIAL_MODEL, drop_module_prefix, map_official_model, unwrap
 from obow.models.loading import LoadedBackbone, load_backbone
-from obow.models.obow import OBoW
+from obow.models.obow import OBoW, build_obow
 from obow.reporting import Reporter
-from obow.train.checkpoint import PRETRAIN_FORMAT, load_file, sha256_of
 
 
 def full_model(path: Path, loaded: LoadedBackbone) -> OBoW | None:
     """The whole OBoW module (vocabularies, generators) when the file has it; None for backbone-only files."""
-    from obow.config.pretrain import PretrainSpec
-    from obow.models.obow import build_obow
-
     if loaded.source_format == PRETRAIN_FORMAT and loaded.spec is not None:
         model = build_obow(PretrainSpec.model_validate(loaded.spec))
         model.load_state_dict(load_file(path)["model"])
         return model.eval()
-    if loaded.source_format == "official-model":
-        from obow.export.official import _drop_module_prefix, _unwrap, map_official_model, official_model
-
-        state, _ = _unwrap(load_file(path))
-        _, model = official_model(map_official_model(_drop_module_prefix(state or {})), f"'{path}'")
+    if loaded.source_format == OFFICIAL_MODEL:
+        state, _ = unwrap(load_file(path))
+        _, model = official_model(map_official_model(drop_module_prefix(state or {})), f"'{path}'")
         return model.eval()
     return None
 
@@ -168,13 +167,11 @@ def imported_name(source: Path) -> str:
 
 def run_import(spec: ImportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
     """Convert an uploaded official OBoW / torchvision file into an OBoW Lab checkpoint in `out_dir`."""
-    from obow.export.official import import_checkpoint
-
     source = Path(spec.path)
     name = spec.name or imported_name(source)
     result = import_checkpoint(source, Path(out_dir) / name)
     kind = "checkpoint" if result["kind"] == "training" else "backbone"
     reporter.artifact(Path(result["path"]), kind, {**result, "format": PRETRAIN_FORMAT if kind == "checkpoint"
-                                                    else "obow-lab/backbone"})
+                                                    else BACKBONE_FORMAT})
     reporter.log(f"imported {result['layout']} file '{source.name}' as {result['kind']} checkpoint {name}")
     return result

@@ -1,13 +1,10 @@
-"""Export formats. Every writer produces its file atomically (temp file, fsync, rename)."""
+"""Export formats. Every writer produces its file atomically (`obow.io.atomic`)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import pickletools
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +12,11 @@ import torch
 
 from obow.errors import ConfigError
 from obow.export.names import caffe2_blob_name, detectron2_name
+from obow.io.atomic import save_atomic, write_atomic, write_text_atomic  # noqa: F401 (run.py writes through here)
 from obow.models.backbone import ResNetBackbone
-from obow.train.checkpoint import fsync_dir, save_atomic
 
 D2_PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255 scale: torchvision's statistics
 D2_PIXEL_STD = [58.395, 57.12, 57.375]
-
-
-def write_atomic(path: Path, write: Callable[[object], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def legacy_numpy_pickle(obj: object) -> bytes:
@@ -159,10 +141,6 @@ def detectron2_config(settings: dict[str, object], weights_name: str) -> dict[st
 def write_detectron2(path: Path, model: dict[str, np.ndarray]) -> None:
     blob = legacy_numpy_pickle({"model": model, "__author__": "OBoW Lab", "matching_heuristics": True})
     write_atomic(path, lambda handle: handle.write(blob))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def write_safetensors(path: Path, backbone: ResNetBackbone, metadata: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ import pytest
 import redis
 import torch
 
-from obow.train.checkpoint import load_training_checkpoint
+from obow.io.checkpoint import load_training_checkpoint
 from server.client import LabClient
 from tests.lab.conftest import Live, start_live
 from worker.celery_app import RUN_TASK, make_celery

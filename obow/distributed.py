@@ -1,4 +1,8 @@
-"""torch.distributed helpers that degrade to no-ops in a single process."""
+"""torch.distributed helpers that degrade to no-ops in a single process.
+
+In the bottom layer because both the models (the vocabulary all-reduces its statistics and gathers its
+queue entries) and the training engine (process groups, barriers) use them.
+"""
 
 from __future__ import annotations
 
