@@ -167,7 +167,7 @@ def test_what_the_server_imports_stays_free_of_torch():
     """The lab server imports these at request time; one fresh interpreter imports them in turn and
     names the first that pulls in a heavy package."""
     modules = ["obow.config", "obow.config.export", "obow.config.eval", "obow.config.words", "obow.runs",
-               "obow.hashing", "obow.errors"]
+               "obow.hashing", "obow.errors", "obow.io.export_formats"]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
