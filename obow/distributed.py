@@ -25,10 +25,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def is_main_process() -> bool:
-    return rank() == 0
-
-
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return value

@@ -7,23 +7,13 @@ from pathlib import Path
 import click
 
 from obow.config.export import ExportSpec, ImportSpec
+from obow.config.presets import validated_spec
 from obow.errors import ConfigError
 from obow.io.export_formats import EXPORT_FORMATS, export_file_suffixes, formats_honouring
 
 # --dst ending in one of these is a file name, anything else a folder: the formats' own endings, plus
 # the generic weight-file endings people use
 _FILE_SUFFIXES = export_file_suffixes() | {".pt", ".bin"}
-
-
-def _validated(cls, **fields):
-    from pydantic import ValidationError
-
-    from obow.config.presets import format_validation_error
-
-    try:
-        return cls(**fields)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
 
 
 def _checkpoint_of_config(config: str, dst_dir: str) -> Path:
@@ -73,8 +63,8 @@ def convert_command(checkpoint: str | None, config: str | None, dst_dir: str, fm
             out_dir, name = target.parent, target.name
         else:
             out_dir = target
-    spec = _validated(ExportSpec, checkpoint=str(source), format=fmt, no_fc=no_fc, plain=plain, rgb2bgr=rgb2bgr,
-                      output_name=name)
+    spec = validated_spec(ExportSpec, {"checkpoint": str(source), "format": fmt, "no_fc": no_fc, "plain": plain,
+                                       "rgb2bgr": rgb2bgr, "output_name": name})
     click.echo(f"converting '{source}' to {fmt}")
     record = run_export(spec, out_dir, ConsoleReporter(show_progress=False))
     click.echo(f"{out_dir / record['file']}  sha256={record['sha256']}  ({record['size']} bytes)")
@@ -92,7 +82,7 @@ def import_command(file: str, dst_dir: str, name: str | None) -> None:
     from obow.export.run import imported_name, run_import
     from obow.reporting import ConsoleReporter
 
-    spec = _validated(ImportSpec, path=file, name=name)
+    spec = validated_spec(ImportSpec, {"path": file, "name": name})
     dst = Path(dst_dir) / (spec.name or imported_name(Path(file)))
     if dst.exists():
         raise ConfigError(f"'{dst}' already exists; pass another --name or remove it first")
