@@ -19,12 +19,14 @@ import torch
 from obow.config.eval import LinearSpec
 from obow.config.pretrain import PretrainSpec
 from obow.data.multicrop import eval_transform
-from obow.eval.common import ViewDataset, loader, open_split
-from obow.eval.features import extract_features
+from obow.data.views import ViewDataset
+from obow.eval.common import loader, open_split
 from obow.eval.linear import run_linear
+from obow.io.atomic import save_atomic
+from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT
 from obow.models.backbone import ResNetBackbone
+from obow.models.features import extract_features
 from obow.reporting import NullReporter
-from obow.train.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, save_atomic
 
 
 def random_checkpoint(path: Path, arch: str, width: float, small_stem: bool) -> None:
@@ -57,7 +59,8 @@ def main() -> None:
                       test_subset=10, test_split="test", batch_size=args.batch_size, workers=args.workers,
                       device=args.device, epochs=2, lr=0.1, batch_norm=True)
         spec = LinearSpec(**common)
-        from obow.eval.common import load_eval_backbone, resolve_device
+        from obow.devices import resolve_device
+        from obow.eval.common import load_eval_backbone
 
         device = resolve_device(spec.device)
         backbone = load_eval_backbone(checkpoint, device).backbone

@@ -26,9 +26,8 @@ from obow.config import load_pretrain_config
 from obow.data.multicrop import eval_transform
 from obow.data.sources import open_dataset
 from obow.errors import StopRequested
-from obow.eval.features import extract_features
-from obow.eval.knn import knn_accuracy
 from obow.models.backbone import build_backbone
+from obow.models.features import extract_features, knn_accuracy
 from obow.models.loading import load_backbone
 from obow.reporting import ConsoleReporter
 from obow.train.checkpoint import latest_checkpoint

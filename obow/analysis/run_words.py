@@ -5,30 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from obow.analysis.words import collect_top_patches, write_gallery
 from obow.config.pretrain import PretrainSpec
 from obow.config.words import WordsSpec
-from obow.data.sources import ImageSource, open_dataset
+from obow.data.sources import open_dataset
+from obow.data.views import ViewDataset
 from obow.errors import ConfigError
+from obow.io.checkpoint import load_training_checkpoint
 from obow.models.obow import build_obow
 from obow.reporting import Reporter, check_stop
-from obow.train.checkpoint import load_training_checkpoint
-
-
-class _IndexedViews(Dataset):
-    def __init__(self, source: ImageSource, view: T.Compose, normalise: T.Compose, limit: int | None) -> None:
-        self.source, self.view, self.normalise = source, view, normalise
-        self.n = min(len(source), limit) if limit else len(source)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.normalise(self.view(self.source.get_image(i))), i
 
 
 def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -45,7 +33,8 @@ def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, A
     source = open_dataset(spec.dataset or d.dataset_name, spec.data_dir or d.data_dir, spec.split)
     view = T.Compose([T.Resize(d.teacher_resize), T.CenterCrop(d.teacher_size)])
     normalise = T.Compose([T.ToTensor(), T.Normalize(d.mean, d.std)])
-    dataset = _IndexedViews(source, view, normalise, spec.max_images)
+    count = min(len(source), spec.max_images) if spec.max_images else len(source)
+    dataset = ViewDataset(source, T.Compose([view, normalise]), range(count), target="index")
     total = len(dataset) * len(levels)
     done = 0
     results = {}

@@ -15,8 +15,6 @@ from typing import Any
 
 import click
 
-from obow.errors import ConfigError
-
 DATASETS = ["FashionMNIST", "MNIST", "ImageNet", "ImageFolder", "FoolboxImageNet", "Synthetic"]
 SPLITS = click.Choice(["train", "val", "test"])
 
@@ -89,17 +87,12 @@ def _spec_fields(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(kind: str, options: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    from pydantic import ValidationError
-
     from obow.config.eval import EVAL_SPECS
-    from obow.config.presets import format_validation_error
+    from obow.config.presets import validated_spec
     from obow.reporting import ConsoleReporter
     from obow.runs import run
 
-    try:
-        spec = EVAL_SPECS[kind].model_validate({**(base or {}), **_spec_fields(options)})
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+    spec = validated_spec(EVAL_SPECS[kind], {**(base or {}), **_spec_fields(options)})
     out = Path(options["dst_dir"]) if options.get("dst_dir") else Path(options["checkpoint"]).parent / f"eval_{kind}"
     reporter = ConsoleReporter(log_dir=out / "logs", show_progress=not options.get("quiet"), name=f"obow.{kind}")
     try:

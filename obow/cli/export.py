@@ -7,20 +7,13 @@ from pathlib import Path
 import click
 
 from obow.config.export import ExportSpec, ImportSpec
+from obow.config.presets import validated_spec
 from obow.errors import ConfigError
+from obow.io.export_formats import EXPORT_FORMATS, export_file_suffixes, formats_honouring
 
-_FILE_SUFFIXES = (".pkl", ".tar", ".pth", ".safetensors", ".pt", ".bin")
-
-
-def _validated(cls, **fields):
-    from pydantic import ValidationError
-
-    from obow.config.presets import format_validation_error
-
-    try:
-        return cls(**fields)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+# --dst ending in one of these is a file name, anything else a folder: the formats' own endings, plus
+# the generic weight-file endings people use
+_FILE_SUFFIXES = export_file_suffixes() | {".pt", ".bin"}
 
 
 def _checkpoint_of_config(config: str, dst_dir: str) -> Path:
@@ -43,8 +36,7 @@ def _checkpoint_of_config(config: str, dst_dir: str) -> Path:
               help="Instead of --checkpoint: the newest checkpoint of this run (preset name or YAML) in --dst-dir.")
 @click.option("--dst-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
               help="With --config: the pretraining output root (the run is DST_DIR/<config name>/).")
-@click.option("--format", "fmt", type=click.Choice(["torchvision", "caffe2", "detectron2", "safetensors"]),
-              default="torchvision", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="torchvision", show_default=True)
 @click.option("--no-fc", is_flag=True, help="torchvision: leave out the BoW classifier fc.")
 @click.option("--plain", is_flag=True, help="torchvision: a plain state dict, not {'network': ...}.")
 @click.option("--rgb2bgr", is_flag=True, help="caffe2: flip conv1's input channels for BGR readers.")
@@ -60,10 +52,10 @@ def convert_command(checkpoint: str | None, config: str | None, dst_dir: str, fm
     if (checkpoint is None) == (config is None):
         raise ConfigError("give exactly one of --checkpoint FILE and --config NAME (with --dst-dir)")
     source = Path(checkpoint) if checkpoint is not None else _checkpoint_of_config(str(config), dst_dir)
-    if plain and fmt != "torchvision":
-        raise ConfigError("--plain applies to --format torchvision only")
-    if rgb2bgr and fmt != "caffe2":
-        raise ConfigError("--rgb2bgr applies to --format caffe2 only")
+    for option, value in (("no_fc", no_fc), ("plain", plain), ("rgb2bgr", rgb2bgr)):
+        if value and option not in EXPORT_FORMATS[fmt].options:
+            honouring = " / ".join(formats_honouring(option))
+            raise ConfigError(f"--{option.replace('_', '-')} applies to --format {honouring} only")
     out_dir, name = source.parent, None
     if dst is not None:
         target = Path(dst)
@@ -71,8 +63,8 @@ def convert_command(checkpoint: str | None, config: str | None, dst_dir: str, fm
             out_dir, name = target.parent, target.name
         else:
             out_dir = target
-    spec = _validated(ExportSpec, checkpoint=str(source), format=fmt, no_fc=no_fc, plain=plain, rgb2bgr=rgb2bgr,
-                      output_name=name)
+    spec = validated_spec(ExportSpec, {"checkpoint": str(source), "format": fmt, "no_fc": no_fc, "plain": plain,
+                                       "rgb2bgr": rgb2bgr, "output_name": name})
     click.echo(f"converting '{source}' to {fmt}")
     record = run_export(spec, out_dir, ConsoleReporter(show_progress=False))
     click.echo(f"{out_dir / record['file']}  sha256={record['sha256']}  ({record['size']} bytes)")
@@ -90,7 +82,7 @@ def import_command(file: str, dst_dir: str, name: str | None) -> None:
     from obow.export.run import imported_name, run_import
     from obow.reporting import ConsoleReporter
 
-    spec = _validated(ImportSpec, path=file, name=name)
+    spec = validated_spec(ImportSpec, {"path": file, "name": name})
     dst = Path(dst_dir) / (spec.name or imported_name(Path(file)))
     if dst.exists():
         raise ConfigError(f"'{dst}' already exists; pass another --name or remove it first")

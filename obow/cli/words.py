@@ -25,17 +25,12 @@ from obow.reporting import ConsoleReporter
 def words_command(checkpoint: str, data_dir: str | None, dataset: str | None, split: str, levels: tuple[str, ...],
                   words: int, patches: int, max_images: int | None, dst_dir: str | None) -> None:
     """Top image patches of each visual word: one contact-sheet PNG and a JSON index per level."""
-    from pydantic import ValidationError
-
     from obow.analysis.run_words import run_words
-    from obow.config.presets import format_validation_error
-    from obow.errors import ConfigError
+    from obow.config.presets import validated_spec
 
-    try:
-        spec = WordsSpec(checkpoint=checkpoint, data_dir=data_dir, dataset=dataset, split=split,
-                         levels=list(levels) or None, words=words, patches=patches, max_images=max_images)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+    spec = validated_spec(WordsSpec, {"checkpoint": checkpoint, "data_dir": data_dir, "dataset": dataset,
+                                      "split": split, "levels": list(levels) or None, "words": words,
+                                      "patches": patches, "max_images": max_images})
     out = Path(dst_dir) if dst_dir else Path(checkpoint).parent / "visual_words"
     reporter = ConsoleReporter()
     result = run_words(spec, out, reporter)

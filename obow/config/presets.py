@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from obow.config.pretrain import PretrainSpec
 from obow.errors import ConfigError
@@ -37,6 +37,18 @@ def format_validation_error(err: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "config"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def validated_spec(cls: type[Spec], data: dict[str, Any]) -> Spec:
+    """`cls.model_validate(data)` with a bad field as a one-line ConfigError, which the CLI prints and
+    exits 2 on: every `obow` command validates its spec through here."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,9 @@ class StrictModel(BaseModel):
 class FeatureExtractorOpts(StrictModel):
     """Backbone options. `small_stem` and `width` exist for small images and CPU budgets."""
 
-    global_pooling: bool = True
+    # Every original config sets it; the student's features are always globally average-pooled, so any
+    # other value would be silently ignored: it is refused instead.
+    global_pooling: Literal[True] = Field(True, description="Global average pooling of block4 (always on)")
     small_stem: bool = Field(
         False, description="3x3 stride-1 first conv and no max-pool (stride 8 to block4), for small images"
     )
@@ -224,6 +226,3 @@ class PretrainSpec(StrictModel):
                     f"{max(1, k // self.data.batch_size) * self.data.batch_size}"
                 )
         return self
-
-    def bow_channels(self, backbone_channels: dict[str, int]) -> list[int]:
-        return [backbone_channels[level] for level in self.model.bow_levels]

@@ -1,1 +1,1 @@
-"""Datasets and the OBoW multi-crop views."""
+"""Image sources, the OBoW multi-crop views and the dataset-view wrapper (`views`)."""

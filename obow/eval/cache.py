@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from obow.data.sources import ImageSource
-from obow.eval.common import ViewDataset
+from obow.data.views import ViewDataset
 from obow.models.backbone import ResNetBackbone
 from obow.reporting import Reporter, check_stop
 

@@ -1,10 +1,10 @@
-"""What every evaluation run shares: device, backbone, labelled datasets with views, result files."""
+"""What every evaluation run shares: backbone, labelled splits, loaders, the frozen-state hash, result files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +13,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from obow.config.eval import EvalSpec
 from obow.data.sources import ImageSource, open_dataset
-from obow.errors import ConfigError, DataError
+from obow.errors import DataError
 from obow.models.backbone import ResNetBackbone
 from obow.models.loading import LoadedBackbone, load_backbone
 from obow.train.schedules import cosine
 
 
-def resolve_device(wanted: str) -> torch.device:
-    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("device is 'cuda' but no GPU is visible; use --device cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def load_eval_backbone(path: str, device: torch.device) -> LoadedBackbone:
     """The student of any supported checkpoint (official OBoW and torchvision files included), eval mode."""
-    import obow.export.official  # noqa: F401 - registers the official / torchvision readers
-
     loaded = load_backbone(path)
     loaded.backbone.to(device).eval()
     return loaded
@@ -65,29 +55,6 @@ def open_split(spec: EvalSpec, split: str, per_class: int | None) -> ImageSource
     if len(source) == 0 or source.num_classes == 0:
         raise DataError(f"the {split} split of {spec.dataset} has no labelled images (or no classes)")
     return source
-
-
-class ViewDataset(Dataset):
-    """Images of a source (optionally a subset of its indices) through a transform, with their labels."""
-
-    def __init__(
-        self, source: ImageSource, transform: Callable, indices: Sequence[int] | None = None
-    ) -> None:
-        self.source, self.transform = source, transform
-        self.indices = list(indices) if indices is not None else None
-
-    def __len__(self) -> int:
-        return len(self.indices) if self.indices is not None else len(self.source)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image, label = self.source[self.indices[i] if self.indices is not None else i]
-        return self.transform(image), label
-
-    @property
-    def targets(self) -> list[int]:
-        if self.indices is None:
-            return list(self.source.targets)
-        return [self.source.targets[i] for i in self.indices]
 
 
 def loader(dataset: Dataset, spec: EvalSpec, shuffle: bool, seed: int = 0, drop_last: bool = False) -> DataLoader:

@@ -20,17 +20,11 @@ import torch.nn.functional as F
 
 from obow.config.eval import FewshotSpec
 from obow.data.multicrop import eval_transform
+from obow.data.views import ViewDataset
+from obow.devices import resolve_device
 from obow.errors import ConfigError, DataError
-from obow.eval.common import (
-    ViewDataset,
-    load_eval_backbone,
-    loader,
-    open_split,
-    per_class_counts,
-    resolve_device,
-    write_results,
-)
-from obow.eval.features import extract_features
+from obow.eval.common import load_eval_backbone, loader, open_split, per_class_counts, write_results
+from obow.models.features import extract_features
 from obow.reporting import Reporter, check_stop
 
 

@@ -18,26 +18,29 @@ from torch import nn
 from torchvision import transforms as T
 
 from obow.config.eval import LinearSpec
-from obow.data.multicrop import train_linear_transform
+from obow.data.multicrop import eval_transform, train_linear_transform
 from obow.data.sources import ImageSource
+from obow.data.views import ViewDataset
+from obow.devices import resolve_device
 from obow.errors import DataError
 from obow.eval.cache import VIEW_COUNTS, cached_features, view_transform
 from obow.eval.common import (
-    ViewDataset,
     check_unchanged,
     epoch_lr,
     freeze,
     load_eval_backbone,
     loader,
     open_split,
-    resolve_device,
     state_hash,
     topk_correct,
     write_results,
 )
+from obow.eval.loop import train_classifier
+from obow.hashing import sha256_of
+from obow.io.atomic import save_atomic
 from obow.models.backbone import ResNetBackbone
-from obow.reporting import Reporter, check_stop
-from obow.train.checkpoint import save_atomic, sha256_of
+from obow.models.features import extract_features
+from obow.reporting import Reporter
 
 
 class LinearHead(nn.Module):
@@ -139,9 +142,6 @@ def _test_features(spec: LinearSpec, out_dir: Path, backbone: ResNetBackbone, so
                                         spec.size, spec.mean, spec.std), 1, device, spec.batch_size,
                                         spec.workers, reporter)
         return torch.from_numpy(np.array(array[:, 0])), torch.from_numpy(labels)
-    from obow.data.multicrop import eval_transform
-    from obow.eval.features import extract_features
-
     data = loader(ViewDataset(source, eval_transform(spec.resize, spec.size, spec.mean, spec.std)), spec, False)
     return extract_features(backbone, data, device, progress=False)
 
@@ -180,37 +180,17 @@ def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     batches = _FeatureBatches(spec, backbone, train_src, device, cache)
     if len(batches) == 0:
         raise DataError("the training split is empty")
-    criterion = nn.CrossEntropyLoss()
-    history: list[dict[str, float]] = []
-    total = spec.epochs * len(batches)
-    done = 0
     reporter.log(f"linear probe: {len(train_src)} train / {len(test_src)} test images, {train_src.num_classes} "
                  f"classes, {backbone.out_dim}-d features, precache={spec.precache}")
-    for epoch in range(spec.epochs):
+
+    def set_lr(epoch: int) -> dict[str, float]:
         lr = epoch_lr(spec.lr, epoch, spec.epochs, spec.cos_schedule, spec.schedule, spec.lr_decay)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for feats, labels in batches.epoch(epoch):
-            check_stop(reporter)
-            logits = head(feats)
-            loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            done += 1
-            reporter.progress(done, total)
-        point = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
-                 "epoch_seconds": time.perf_counter() - t0}
-        if (epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.epochs:
-            point.update(evaluate_head(head, test_x, test_y))
-        history.append(point)
-        reporter.metrics(epoch + 1, {k: v for k, v in point.items() if k != "epoch"})
-        reporter.log("epoch {epoch}: loss {loss:.4f} train@1 {train_top1:.2f}".format(**point)
-                     + (" test@1 {top1:.2f} test@5 {top5:.2f}".format(**point) if "top1" in point else ""))
+        return {"lr": lr}
+
+    history = train_classifier(head, optimizer, batches.epoch, len(batches), spec, set_lr,
+                               lambda: evaluate_head(head, test_x, test_y), reporter)
     check_unchanged(frozen, backbone)
     if spec.precache and not spec.keep_cache:
         batches.cache = cache = None  # drop the memory maps before deleting their files

@@ -6,7 +6,7 @@ same step (or cosine) schedule, as in the original's 1% / 10% ImageNet protocol.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,22 @@ from torch import nn
 
 from obow.config.eval import SemisupSpec
 from obow.data.multicrop import eval_transform, train_linear_transform
+from obow.data.views import ViewDataset
+from obow.devices import resolve_device
 from obow.errors import DataError
 from obow.eval.common import (
-    ViewDataset,
     epoch_lr,
     load_eval_backbone,
     loader,
     open_split,
     per_class_counts,
-    resolve_device,
     topk_correct,
     write_results,
 )
 from obow.eval.linear import LinearHead
+from obow.eval.loop import train_classifier
 from obow.eval.splits import balanced_split, read_split, split_file_name, write_split
-from obow.reporting import Reporter, check_stop
+from obow.reporting import Reporter
 
 
 class FineTuneNet(nn.Module):
@@ -87,37 +88,20 @@ def run_semisup(spec: SemisupSpec, out_dir: Path, reporter: Reporter) -> dict[st
                                 nesterov=spec.nesterov and spec.momentum > 0)
     train_data = ViewDataset(train_src, train_linear_transform(spec.size, spec.mean, spec.std), labelled)
     test_data = loader(ViewDataset(test_src, eval_transform(spec.resize, spec.size, spec.mean, spec.std)), spec, False)
-    criterion = nn.CrossEntropyLoss()
-    history: list[dict[str, float]] = []
     steps_per_epoch = -(-len(train_data) // spec.batch_size)
-    done = 0
-    for epoch in range(spec.epochs):
+
+    def set_lr(epoch: int) -> dict[str, float]:
         factor = epoch_lr(1.0, epoch, spec.epochs, spec.cos_schedule, spec.schedule, spec.lr_decay)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        return {"lr": spec.lr * factor, "lr_head": spec.lr_head * factor}
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in loader(train_data, spec, shuffle=True, seed=spec.seed * 1000 + epoch):
-            check_stop(reporter)
-            images, labels = images.to(device, non_blocking=True), labels.to(device)
-            logits = model(images)
-            loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            done += 1
-            reporter.progress(done, spec.epochs * steps_per_epoch)
-        point = {"epoch": epoch + 1, "lr": spec.lr * factor, "lr_head": spec.lr_head * factor,
-                 "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
-                 "epoch_seconds": time.perf_counter() - t0}
-        if (epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.epochs:
-            point.update(evaluate_model(model, test_data, device))
-        history.append(point)
-        reporter.metrics(epoch + 1, {k: v for k, v in point.items() if k != "epoch"})
-        reporter.log("epoch {epoch}: loss {loss:.4f} train@1 {train_top1:.2f}".format(**point)
-                     + (" test@1 {top1:.2f} test@5 {top5:.2f}".format(**point) if "top1" in point else ""))
+            yield images.to(device, non_blocking=True), labels.to(device)
+
+    history = train_classifier(model, optimizer, batches, steps_per_epoch, spec, set_lr,
+                               lambda: evaluate_model(model, test_data, device), reporter)
     final = history[-1]
     result = {"checkpoint": spec.checkpoint, "top1": final["top1"], "top5": final["top5"],
               "labelled_images": len(labelled), "split": split_name, "test_images": len(test_src),

@@ -23,10 +23,12 @@ import numpy as np
 from obow.config.eval import SvmSpec
 from obow.data.multicrop import eval_transform
 from obow.data.sources import ImageSource
+from obow.data.views import ViewDataset
+from obow.devices import resolve_device
 from obow.errors import ConfigError, DataError
-from obow.eval.common import ViewDataset, load_eval_backbone, loader, open_split, resolve_device, write_results
-from obow.eval.features import extract_features
+from obow.eval.common import load_eval_backbone, loader, open_split, write_results
 from obow.eval.splits import image_names
+from obow.models.features import extract_features
 from obow.reporting import Reporter, check_stop
 
 

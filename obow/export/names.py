@@ -1,12 +1,12 @@
-"""Parameter-name translations between torchvision ResNets and other tools' layouts.
+"""Parameter-name translations from torchvision ResNets to the layouts of the export formats.
+
+(The official OBoW names, which are read rather than written, are mapped in `obow.io.layouts`.)
 
 All functions are pure string maps over torchvision keys (`conv1.weight`, `layer2.0.bn1.running_var`,
 `layer3.0.downsample.1.weight`, ...), so each is tested against names built independently.
 """
 
 from __future__ import annotations
-
-import re
 
 # Ordered rewrites that turn a torchvision key into a Caffe2 (Detectron / fair benchmark) blob name.
 _CAFFE2_REWRITES: tuple[tuple[str, str], ...] = (
@@ -50,39 +50,3 @@ def detectron2_name(key: str) -> str:
     for i in (1, 2, 3):
         key = key.replace(f"bn{i}.", f"conv{i}.norm.")
     return key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-
-
-# Official OBoW module names -> ours (training checkpoints and feature-extractor files).
-_OFFICIAL_BLOCK = re.compile(r"^_feature_blocks\.(\d+)\.(.*)$")
-
-
-def official_backbone_key(key: str) -> str | None:
-    """`_feature_blocks.0.Conv.weight` -> `conv1.weight`, `_feature_blocks.3.1.bn2.bias` -> `layer3.1.bn2.bias`."""
-    match = _OFFICIAL_BLOCK.match(key)
-    if not match:
-        return None
-    block, rest = int(match.group(1)), match.group(2)
-    if block == 0:
-        if rest.startswith("Conv."):
-            return "conv1." + rest[len("Conv.") :]
-        if rest.startswith("bn."):
-            return "bn1." + rest[len("bn.") :]
-        return None
-    if 1 <= block <= 4:
-        return f"layer{block}.{rest}"
-    return None
-
-
-def official_model_key(key: str) -> str | None:
-    """A key of the official `model_net_checkpoint_E.pth.tar` (no `module.`) -> our OBoW key, or None."""
-    for prefix, ours in (("feature_extractor_teacher.", "teacher."), ("feature_extractor.", "student.")):
-        if key.startswith(prefix):
-            inner = official_backbone_key(key[len(prefix) :])
-            return ours + inner if inner else None
-    if key.startswith("bow_extractor.bow_extractor."):
-        return "bow_extractor.levels." + key[len("bow_extractor.bow_extractor.") :]
-    if key.startswith("linear_classifier.layers."):
-        return "linear_classifier." + key[len("linear_classifier.layers.") :]
-    if key.startswith("bow_predictor.") or key in ("_alpha", "_iteration"):
-        return key
-    return None

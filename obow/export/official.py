@@ -1,14 +1,13 @@
-"""Reading checkpoints written elsewhere: the official OBoW files, torchvision files, our backbone files.
+"""`obow import`: turn an official OBoW, torchvision or OBoW Lab file into an OBoW Lab checkpoint.
 
-Registered as `load_backbone` formats, so every evaluation and export accepts them directly.
-`import_checkpoint` turns one into an OBoW Lab file: a full official training checkpoint becomes a
-training checkpoint (student, teacher, vocabularies, heads), anything else a backbone-only file.
-Nothing is written until the whole file has been mapped and loaded strictly into the rebuilt model.
+A full official training checkpoint becomes a training checkpoint (student, teacher, vocabularies,
+heads), anything else a backbone-only file. Nothing is written until the whole file has been mapped and
+loaded strictly into the rebuilt model. Which layout a file has is decided by `obow.io.layouts`; reading
+a backbone out of any of them for an evaluation or export is `obow.models.loading.load_backbone`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,86 +16,22 @@ import torch
 from obow.config.presets import load_pretrain_config
 from obow.config.pretrain import PretrainSpec
 from obow.errors import CheckpointError
-from obow.export.backbone_state import BACKBONE_FORMAT, backbone_from_state, backbone_payload, infer_backbone
-from obow.export.names import official_backbone_key, official_model_key
-from obow.models.loading import LoadedBackbone, load_state_strict, register_format, strip_prefix
-from obow.train.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, load_file, save_atomic, sha256_of
-
-# One key that each known foreign layout always has, for the "matches nothing" error.
-_SIGNATURES = {
-    "official model_net checkpoint": "feature_extractor._feature_blocks.0.Conv.weight",
-    "official feature_extractor_net checkpoint": "_feature_blocks.0.Conv.weight",
-    "torchvision ResNet": "conv1.weight",
-}
-
-
-def _unwrap(payload: Any) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """(state dict, envelope) of `{'network': sd, 'epoch': E}`, `{'state_dict': sd}` or a bare state dict."""
-    if not isinstance(payload, dict):
-        return None, {}
-    for key in ("network", "state_dict", "model"):
-        inner = payload.get(key)
-        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            return dict(inner), payload
-    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return dict(payload), {}
-    return None, payload
-
-
-_EPOCH_IN_NAME = re.compile(r"(?:_epoch|_checkpoint_)(\d+)\.pth(?:\.tar)?$")
-
-
-def _epoch_of(envelope: dict[str, Any], path: Path) -> int | None:
-    """The `epoch` the file records, else the one its official name carries (`…_epoch200.pth.tar`,
-    `…_checkpoint_80.pth.tar`): the torchvision release files record none."""
-    if isinstance(envelope.get("epoch"), int):
-        return int(envelope["epoch"])
-    match = _EPOCH_IN_NAME.search(path.name)
-    return int(match.group(1)) if match else None
-
-
-def _drop_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DDP-wrapped files (the official `--multiprocessing-distributed` runs) prefix every key."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def classify(state: dict[str, torch.Tensor]) -> str:
-    """`official-model`, `official-feature-extractor` or `torchvision` by the keys present."""
-    if any(k.startswith("feature_extractor._feature_blocks.") for k in state):
-        return "official-model"
-    if any(k.startswith("_feature_blocks.") for k in state):
-        return "official-feature-extractor"
-    if "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
-        return "torchvision"
-    keys = sorted(state)
-    shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-    wanted = "; ".join(f"'{key}' ({what})" for what, key in _SIGNATURES.items())
-    raise CheckpointError(
-        f"unknown checkpoint layout: unexpected keys [{shown}]; missing keys: none of {wanted} is present. "
-        f"Expected an official OBoW model_net or feature_extractor_net checkpoint, or a torchvision ResNet"
-    )
-
-
-def map_official_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official `_feature_blocks.…` names -> torchvision names; unknown keys are kept as they are, so the
-    strict load that follows reports them as unexpected next to whatever is missing."""
-    return {official_backbone_key(k) or k: v for k, v in state.items()}
-
-
-def map_official_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official OBoW module names -> ours; unknown keys kept as they are (reported by the strict load)."""
-    return {official_model_key(k) or k: v for k, v in state.items()}
-
-
-def _split_fc(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    if "fc.weight" in state:
-        weight = state["fc.weight"]
-        bias = state.get("fc.bias", torch.zeros(weight.shape[0]))
-        return backbone, {"weight": weight, "bias": bias}
-    return backbone, None
+from obow.hashing import sha256_of
+from obow.io.atomic import save_atomic
+from obow.io.checkpoint import BACKBONE_FORMAT, FORMAT_VERSION, PRETRAIN_FORMAT, load_file
+from obow.io.layouts import (
+    OFFICIAL_FEATURE_EXTRACTOR,
+    OFFICIAL_MODEL,
+    Identified,
+    epoch_of,
+    foreign_state,
+    map_official_backbone,
+    map_official_model,
+    strip_prefix,
+)
+from obow.models.loading import read_backbone_file
+from obow.models.obow import OBoW, build_obow
+from obow.models.state import backbone_from_state, backbone_payload, infer_backbone, load_state_strict, split_fc
 
 
 def spec_for_official_model(mapped: dict[str, torch.Tensor]) -> PretrainSpec:
@@ -140,10 +75,8 @@ def spec_for_official_model(mapped: dict[str, torch.Tensor]) -> PretrainSpec:
     return spec.model_copy(update={"name": f"imported/{preset.split('/')[1]}"})
 
 
-def official_model(mapped: dict[str, torch.Tensor], what: str):  # -> OBoW (import kept lazy)
+def official_model(mapped: dict[str, torch.Tensor], what: str) -> tuple[PretrainSpec, OBoW]:
     """The OBoW module rebuilt from a mapped official training checkpoint, loaded strictly."""
-    from obow.models.obow import build_obow
-
     spec = spec_for_official_model(mapped)
     model = build_obow(spec)
     defaults = model.state_dict()
@@ -152,55 +85,11 @@ def official_model(mapped: dict[str, torch.Tensor], what: str):  # -> OBoW (impo
     return spec, model
 
 
-def read_foreign(payload: Any, path: Path) -> LoadedBackbone | None:
-    """`load_backbone` reader for official OBoW and torchvision files."""
-    state, envelope = _unwrap(payload)
-    if state is None:
-        return None
-    state = _drop_module_prefix(state)
-    try:
-        kind = classify(state)
-    except CheckpointError:
-        return None
-    epoch = _epoch_of(envelope, path)
-    extra: dict[str, Any] = {}
-    if kind == "official-model":
-        student = {k: v for k, v in map_official_model(state).items() if k.startswith("student.")}
-        backbone = backbone_from_state(strip_prefix(student, "student."), f"student of '{path}'")
-    elif kind == "official-feature-extractor":
-        backbone = backbone_from_state(map_official_backbone(state), f"feature extractor '{path}'")
-    else:
-        backbone_state, fc = _split_fc(state)
-        backbone = backbone_from_state(backbone_state, f"torchvision file '{path}'")
-        if fc is not None:
-            extra["fc"] = fc
-    return LoadedBackbone(backbone, kind, epoch=epoch, extra=extra)
-
-
-def read_backbone_file(payload: Any, path: Path) -> LoadedBackbone | None:
-    if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
-        return None
-    state = payload.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"'{path}' is an OBoW Lab backbone file without its 'state_dict'; re-import the source")
-    backbone = backbone_from_state(state, f"backbone of '{path}'")
-    extra: dict[str, Any] = {"source": payload.get("source", {})}
-    if isinstance(payload.get("fc"), dict):
-        extra["fc"] = payload["fc"]
-    return LoadedBackbone(backbone, BACKBONE_FORMAT, epoch=payload.get("source", {}).get("epoch"), extra=extra)
-
-
-register_format(read_backbone_file)
-register_format(read_foreign)
-
-
 def _validated_lab_file(payload: dict[str, Any], path: Path) -> tuple[dict[str, Any], str]:
     """An OBoW Lab file (from another lab, say) is checked like a foreign one and kept as it is."""
     if payload.get("format") == BACKBONE_FORMAT:
-        read_backbone_file(payload, path)
+        read_backbone_file(Identified(BACKBONE_FORMAT, payload), path)
         return payload, "backbone"
-    from obow.models.obow import build_obow
-
     try:
         spec = PretrainSpec.model_validate(payload["spec"])
     except Exception as err:
@@ -225,18 +114,10 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
         levels = [] if kind == "backbone" else list(out["spec"]["model"]["bow_levels"])
         result = {"kind": kind, "arch": arch, "levels": levels}
     else:
-        state, envelope = _unwrap(payload)
-        if state is None:
-            top = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
-            raise CheckpointError(
-                f"'{path}' holds no state dict (top level: {top}); expected {{'network': state_dict}}, "
-                f"{{'state_dict': ...}} or a bare state dict"
-            )
-        state = _drop_module_prefix(state)
-        layout = classify(state)
-        epoch = _epoch_of(envelope, path)
+        found = foreign_state(payload, path)
+        state, layout, epoch = found.state, found.layout, epoch_of(found.envelope, path)
         source |= {"layout": layout, "epoch": epoch}
-        if layout == "official-model":
+        if layout == OFFICIAL_MODEL:
             mapped = map_official_model(state)
             spec, model = official_model(mapped, f"OBoW checkpoint '{path}'")
             out = {
@@ -254,10 +135,10 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
             result = {"kind": "training", "arch": spec.model.feature_extractor_arch, "levels": spec.model.bow_levels}
         else:
             fc = None
-            if layout == "official-feature-extractor":
+            if layout == OFFICIAL_FEATURE_EXTRACTOR:
                 backbone_state = map_official_backbone(state)
             else:
-                backbone_state, fc = _split_fc(state)
+                backbone_state, fc = split_fc(state)
             backbone = backbone_from_state(backbone_state, f"'{path}'")
             if fc is not None and fc["weight"].shape[1:] != (backbone.out_dim,):
                 raise CheckpointError(

@@ -8,31 +8,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from obow.config.export import ExportSpec, ImportSpec
+from obow.config.pretrain import PretrainSpec
 from obow.errors import ConfigError
 from obow.export import writers
+from obow.export.official import import_checkpoint, official_model
+from obow.export.registry import EXPORTERS
+from obow.hashing import sha256_of
+from obow.io.checkpoint import BACKBONE_FORMAT, PRETRAIN_FORMAT, load_file
+from obow.io.layouts import OFFICIAL_MODEL, drop_module_prefix, map_official_model, unwrap
 from obow.models.loading import LoadedBackbone, load_backbone
-from obow.models.obow import OBoW
+from obow.models.obow import OBoW, build_obow
 from obow.reporting import Reporter
-from obow.train.checkpoint import PRETRAIN_FORMAT, load_file, sha256_of
 
 
 def full_model(path: Path, loaded: LoadedBackbone) -> OBoW | None:
     """The whole OBoW module (vocabularies, generators) when the file has it; None for backbone-only files."""
-    from obow.config.pretrain import PretrainSpec
-    from obow.models.obow import build_obow
-
     if loaded.source_format == PRETRAIN_FORMAT and loaded.spec is not None:
         model = build_obow(PretrainSpec.model_validate(loaded.spec))
         model.load_state_dict(load_file(path)["model"])
         return model.eval()
-    if loaded.source_format == "official-model":
-        from obow.export.official import _drop_module_prefix, _unwrap, map_official_model, official_model
-
-        state, _ = _unwrap(load_file(path))
-        _, model = official_model(map_official_model(_drop_module_prefix(state or {})), f"'{path}'")
+    if loaded.source_format == OFFICIAL_MODEL:
+        state, _ = unwrap(load_file(path))
+        _, model = official_model(map_official_model(drop_module_prefix(state or {})), f"'{path}'")
         return model.eval()
     return None
 
@@ -52,62 +51,6 @@ def bow_classifier(path: Path, loaded: LoadedBackbone) -> tuple[torch.Tensor, to
     )
 
 
-def default_name(spec: ExportSpec, loaded: LoadedBackbone, num_words: int | None) -> str:
-    arch = loaded.backbone.arch
-    epoch = loaded.epoch if loaded.epoch is not None else 0
-    if spec.format == "torchvision":
-        if spec.plain:
-            words = "" if num_words is None else f"_K{num_words}"
-            return f"torchvision_{arch}_student{words}_epoch{epoch}{'_nofc' if spec.no_fc else ''}.pth"
-        if spec.no_fc:
-            return f"tochvision_{arch}_student_epoch{epoch}_nofc.pth.tar"
-        return f"tochvision_{arch}_student_K{num_words}_epoch{epoch}.pth.tar"  # the original's (misspelt) name
-    if spec.format == "caffe2":
-        return f"{arch}_student_epoch{epoch}_caffe2{'_bgr' if spec.rgb2bgr else ''}.pkl"
-    if spec.format == "detectron2":
-        return f"{arch}_student_epoch{epoch}_detectron2.pkl"
-    return f"{arch}_student_epoch{epoch}.safetensors"
-
-
-def _write_export(spec: ExportSpec, path: Path, loaded: LoadedBackbone, fc, source_sha: str,
-                  reporter: Reporter, written: list[Path]) -> dict[str, Any]:
-    """Write the export (and its companions) atomically, appending each finished file to `written`."""
-    backbone = loaded.backbone
-    info: dict[str, Any] = {}
-    if spec.format == "torchvision":
-        weight, bias = fc if fc is not None else (None, None)
-        state = writers.torchvision_state(backbone, weight, bias)
-        writers.write_torchvision(path, state, spec.plain)
-        written.append(path)
-    elif spec.format == "caffe2":
-        blobs = writers.caffe2_blobs(backbone, spec.rgb2bgr)
-        writers.write_caffe2(path, blobs)
-        written.append(path)
-        info["blobs"] = len(blobs)
-    elif spec.format == "detectron2":
-        model = writers.detectron2_model(backbone)
-        writers.write_detectron2(path, model)
-        written.append(path)
-        settings = writers.detectron2_settings(backbone)
-        settings_path = path.parent / f"{path.stem}.yaml"
-        writers.write_text_atomic(
-            settings_path,
-            "# Detectron2 settings these weights need (merge with cfg.merge_from_file or copy into your config)\n"
-            + yaml.safe_dump(writers.detectron2_config(settings, path.name), sort_keys=False),
-        )
-        written.append(settings_path)
-        info["settings_file"] = settings_path.name
-        info["settings"] = settings
-        reporter.log("Detectron2 settings for these weights: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    else:
-        meta = {"arch": backbone.arch, "small_stem": str(backbone.small_stem), "width": str(backbone.width),
-                "source_sha256": source_sha, "source_format": loaded.source_format,
-                "source_epoch": str(loaded.epoch)}
-        writers.write_safetensors(path, backbone, meta)
-        written.append(path)
-    return info
-
-
 def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
     """Export the student of `spec.checkpoint` into `out_dir`; returns the record also written as `<file>.json`.
 
@@ -115,24 +58,27 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     """
     source = Path(spec.checkpoint)
     reporter.progress(0, 3)
+    exporter = EXPORTERS[spec.format]
     loaded = load_backbone(source)
     backbone = loaded.backbone
-    if spec.format in ("torchvision", "caffe2", "detectron2"):
-        writers.require_torchvision_layout(backbone, spec.format)
+    if exporter.facts.needs_stock_resnet:
+        writers.require_stock_resnet(backbone, spec.format)
     fc = None
-    if spec.format == "torchvision" and not spec.no_fc:
+    if "no_fc" in exporter.facts.options and not spec.no_fc:  # a format that can leave the fc out carries one
         fc = bow_classifier(source, loaded)
     reporter.progress(1, 3)
-    name = spec.output_name or default_name(spec, loaded, None if fc is None else int(fc[0].shape[0]))
+    epoch = loaded.epoch if loaded.epoch is not None else 0
+    num_words = None if fc is None else int(fc[0].shape[0])
+    name = spec.output_name or exporter.default_name(spec, backbone.arch, epoch, num_words)
     out_dir = Path(out_dir)
     path = out_dir / name
     sidecar = out_dir / f"{name}.json"
     if source.resolve() in (path.resolve(), sidecar.resolve()):
         raise ConfigError(f"the export would overwrite its source '{source}'; choose another output name")
     source_sha = sha256_of(source)
-    written: list[Path] = []
+    job = writers.ExportJob(spec, path, loaded, fc, source_sha, reporter)
     try:
-        info = _write_export(spec, path, loaded, fc, source_sha, reporter, written)
+        info = exporter.write(job)
         record = {
             "format": spec.format,
             "file": path.name,
@@ -145,7 +91,7 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
             "arch": backbone.arch,
             "small_stem": backbone.small_stem,
             "width": backbone.width,
-            "num_classes": None if fc is None else int(fc[0].shape[0]),
+            "num_classes": num_words,
             "options": {"no_fc": spec.no_fc, "plain": spec.plain, "rgb2bgr": spec.rgb2bgr},
             "extra_files": [info["settings_file"]] if "settings_file" in info else [],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -153,7 +99,7 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
         }
         writers.write_text_atomic(sidecar, json.dumps(record, indent=2) + "\n")
     except BaseException:
-        for done in written:  # no half export: weights without their settings or record go too
+        for done in job.written:  # no half export: weights without their settings or record go too
             done.unlink(missing_ok=True)
         raise
     reporter.progress(3, 3)
@@ -168,13 +114,11 @@ def imported_name(source: Path) -> str:
 
 def run_import(spec: ImportSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
     """Convert an uploaded official OBoW / torchvision file into an OBoW Lab checkpoint in `out_dir`."""
-    from obow.export.official import import_checkpoint
-
     source = Path(spec.path)
     name = spec.name or imported_name(source)
     result = import_checkpoint(source, Path(out_dir) / name)
     kind = "checkpoint" if result["kind"] == "training" else "backbone"
     reporter.artifact(Path(result["path"]), kind, {**result, "format": PRETRAIN_FORMAT if kind == "checkpoint"
-                                                    else "obow-lab/backbone"})
+                                                    else BACKBONE_FORMAT})
     reporter.log(f"imported {result['layout']} file '{source.name}' as {result['kind']} checkpoint {name}")
     return result

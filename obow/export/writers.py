@@ -1,40 +1,34 @@
-"""Export formats. Every writer produces its file atomically (temp file, fsync, rename)."""
+"""The export formats' writers. Every file is written atomically (`obow.io.atomic`).
+
+The low-level functions (`torchvision_state`, `caffe2_blobs`, `write_caffe2`, ...) each build or write
+one file; the `export_<format>` functions, all with the `Exporter` signature, are what
+`obow.export.registry` binds to the format names of `obow.io.export_formats`.
+"""
 
 from __future__ import annotations
 
-import os
 import pickle
 import pickletools
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from obow.config.export import ExportSpec
 from obow.errors import ConfigError
 from obow.export.names import caffe2_blob_name, detectron2_name
+from obow.io.atomic import save_atomic, write_atomic, write_text_atomic
 from obow.models.backbone import ResNetBackbone
-from obow.train.checkpoint import fsync_dir, save_atomic
+from obow.models.loading import LoadedBackbone
+from obow.reporting import Reporter
 
 D2_PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255 scale: torchvision's statistics
 D2_PIXEL_STD = [58.395, 57.12, 57.375]
-
-
-def write_atomic(path: Path, write: Callable[[object], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def legacy_numpy_pickle(obj: object) -> bytes:
@@ -62,7 +56,8 @@ def legacy_numpy_pickle(obj: object) -> bytes:
     return b"".join(chunks)
 
 
-def require_torchvision_layout(backbone: ResNetBackbone, fmt: str) -> None:
+def require_stock_resnet(backbone: ResNetBackbone, fmt: str) -> None:
+    """torchvision, Caffe2 and Detectron2 readers build a standard ResNet and load into it by name."""
     if backbone.small_stem or backbone.width != 1.0:
         raise ConfigError(
             f"{fmt} export needs a standard ResNet (7x7 stem, width 1.0); this backbone has "
@@ -161,13 +156,71 @@ def write_detectron2(path: Path, model: dict[str, np.ndarray]) -> None:
     write_atomic(path, lambda handle: handle.write(blob))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text.encode()))
-
-
 def write_safetensors(path: Path, backbone: ResNetBackbone, metadata: dict[str, str]) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     blob = save(tensors, metadata=metadata)
     write_atomic(path, lambda handle: handle.write(blob))
+
+
+@dataclass
+class ExportJob:
+    """One export in progress: what to write where, and the files finished so far (`written`), which
+    `run_export` removes again if a later file of the same export fails."""
+
+    spec: ExportSpec
+    path: Path
+    loaded: LoadedBackbone
+    fc: tuple[torch.Tensor, torch.Tensor] | None  # (weight [K, C], bias [K]) of a torchvision fc
+    source_sha: str
+    reporter: Reporter
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def backbone(self) -> ResNetBackbone:
+        return self.loaded.backbone
+
+
+# Writes the export's file(s); returns what the export's record should add (e.g. a blob count).
+Exporter = Callable[[ExportJob], dict[str, Any]]
+
+
+def export_torchvision(job: ExportJob) -> dict[str, Any]:
+    weight, bias = job.fc if job.fc is not None else (None, None)
+    write_torchvision(job.path, torchvision_state(job.backbone, weight, bias), job.spec.plain)
+    job.written.append(job.path)
+    return {}
+
+
+def export_caffe2(job: ExportJob) -> dict[str, Any]:
+    blobs = caffe2_blobs(job.backbone, job.spec.rgb2bgr)
+    write_caffe2(job.path, blobs)
+    job.written.append(job.path)
+    return {"blobs": len(blobs)}
+
+
+def export_detectron2(job: ExportJob) -> dict[str, Any]:
+    """The weights, and beside them a YAML fragment with the config values they need."""
+    write_detectron2(job.path, detectron2_model(job.backbone))
+    job.written.append(job.path)
+    settings = detectron2_settings(job.backbone)
+    settings_path = job.path.parent / f"{job.path.stem}.yaml"
+    write_text_atomic(
+        settings_path,
+        "# Detectron2 settings these weights need (merge with cfg.merge_from_file or copy into your config)\n"
+        + yaml.safe_dump(detectron2_config(settings, job.path.name), sort_keys=False),
+    )
+    job.written.append(settings_path)
+    job.reporter.log("Detectron2 settings for these weights: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    return {"settings_file": settings_path.name, "settings": settings}
+
+
+def export_safetensors(job: ExportJob) -> dict[str, Any]:
+    backbone, loaded = job.backbone, job.loaded
+    meta = {"arch": backbone.arch, "small_stem": str(backbone.small_stem), "width": str(backbone.width),
+            "source_sha256": job.source_sha, "source_format": loaded.source_format,
+            "source_epoch": str(loaded.epoch)}
+    write_safetensors(job.path, backbone, meta)
+    job.written.append(job.path)
+    return {}

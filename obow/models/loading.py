@@ -1,13 +1,13 @@
 """Load a trained backbone (the student) from any checkpoint file an evaluation or export may get.
 
-Formats understood here: OBoW Lab training checkpoints. `obow.export` adds the official OBoW files
-and torchvision state dicts through `register_format`; evaluations and exports call `load_backbone`
-and never care which format they got.
+`BACKBONE_READERS` is the explicit table of what is understood: OBoW Lab training checkpoints and
+backbone files, the official OBoW training checkpoints and feature extractors, torchvision files.
+Which layout a file has is decided in `obow.io.layouts`; each reader here only rebuilds the backbone.
+Evaluations and exports call `load_backbone` and never care which format they got.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,20 @@ from typing import Any
 import torch
 
 from obow.errors import CheckpointError
+from obow.io.checkpoint import BACKBONE_FORMAT, PRETRAIN_FORMAT
+from obow.io.layouts import (
+    OFFICIAL_FEATURE_EXTRACTOR,
+    OFFICIAL_MODEL,
+    TORCHVISION,
+    Identified,
+    epoch_of,
+    map_official_backbone,
+    map_official_model,
+    strip_prefix,
+)
+from obow.io.readers import ReaderRegistry
 from obow.models.backbone import ResNetBackbone, build_backbone
-from obow.train.checkpoint import PRETRAIN_FORMAT, load_file
+from obow.models.state import backbone_from_state, load_state_strict, split_fc
 
 
 @dataclass
@@ -28,41 +40,8 @@ class LoadedBackbone:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# A format reader gets the loaded payload and the path; returns None when the payload is not its format.
-FormatReader = Callable[[Any, Path], LoadedBackbone | None]
-_READERS: list[FormatReader] = []
-
-
-def register_format(reader: FormatReader) -> FormatReader:
-    _READERS.append(reader)
-    return reader
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True) with a one-line error listing the mismatched keys."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        raise CheckpointError(
-            f"{what} does not match the architecture: missing keys [{show(missing)}], unexpected keys "
-            f"[{show(unexpected)}], wrong shapes [{show(wrong_shape)}]"
-        )
-    module.load_state_dict(state, strict=True)
-
-
-@register_format
-def _read_lab_checkpoint(payload: Any, path: Path) -> LoadedBackbone | None:
-    if not isinstance(payload, dict) or payload.get("format") != PRETRAIN_FORMAT:
-        return None
+def read_lab_checkpoint(found: Identified, path: Path) -> LoadedBackbone:
+    payload = found.payload
     opts = payload["spec"]["model"]
     fe = opts.get("feature_extractor_opts", {})
     backbone = build_backbone(
@@ -72,19 +51,51 @@ def _read_lab_checkpoint(payload: Any, path: Path) -> LoadedBackbone | None:
     return LoadedBackbone(backbone, PRETRAIN_FORMAT, epoch=payload.get("epoch"), spec=payload["spec"])
 
 
+def read_backbone_file(found: Identified, path: Path) -> LoadedBackbone:
+    payload = found.payload
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' is an OBoW Lab backbone file without its 'state_dict'; re-import the source")
+    backbone = backbone_from_state(state, f"backbone of '{path}'")
+    extra: dict[str, Any] = {"source": payload.get("source", {})}
+    if isinstance(payload.get("fc"), dict):
+        extra["fc"] = payload["fc"]
+    return LoadedBackbone(backbone, BACKBONE_FORMAT, epoch=payload.get("source", {}).get("epoch"), extra=extra)
+
+
+def read_official_model(found: Identified, path: Path) -> LoadedBackbone:
+    student = {k: v for k, v in map_official_model(found.state).items() if k.startswith("student.")}
+    backbone = backbone_from_state(strip_prefix(student, "student."), f"student of '{path}'")
+    return LoadedBackbone(backbone, OFFICIAL_MODEL, epoch=epoch_of(found.envelope, path))
+
+
+def read_official_feature_extractor(found: Identified, path: Path) -> LoadedBackbone:
+    backbone = backbone_from_state(map_official_backbone(found.state), f"feature extractor '{path}'")
+    return LoadedBackbone(backbone, OFFICIAL_FEATURE_EXTRACTOR, epoch=epoch_of(found.envelope, path))
+
+
+def read_torchvision(found: Identified, path: Path) -> LoadedBackbone:
+    """A torchvision file's backbone; its fc, if any, is kept in `extra` for a torchvision export."""
+    backbone_state, fc = split_fc(found.state)
+    backbone = backbone_from_state(backbone_state, f"torchvision file '{path}'")
+    extra: dict[str, Any] = {} if fc is None else {"fc": fc}
+    return LoadedBackbone(backbone, TORCHVISION, epoch=epoch_of(found.envelope, path), extra=extra)
+
+
+BACKBONE_READERS: ReaderRegistry[LoadedBackbone] = ReaderRegistry(
+    "backbone",
+    {
+        PRETRAIN_FORMAT: read_lab_checkpoint,
+        BACKBONE_FORMAT: read_backbone_file,
+        OFFICIAL_MODEL: read_official_model,
+        OFFICIAL_FEATURE_EXTRACTOR: read_official_feature_extractor,
+        TORCHVISION: read_torchvision,
+    },
+)
+
+
 def load_backbone(path: Path | str, map_location: str | torch.device = "cpu") -> LoadedBackbone:
     """The student backbone of a checkpoint, in eval mode, whatever the file's format."""
-    import obow.export.official  # noqa: F401  (registers the official/torchvision/backbone readers)
-
-    path = Path(path)
-    payload = load_file(path, map_location)
-    for reader in _READERS:
-        loaded = reader(payload, path)
-        if loaded is not None:
-            loaded.backbone.eval()
-            return loaded
-    keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
-    raise CheckpointError(
-        f"'{path}' is in no known checkpoint format (top-level keys: {keys}); expected an OBoW Lab "
-        f"checkpoint or, after `obow import`, an official OBoW file"
-    )
+    loaded = BACKBONE_READERS.read(path, map_location)
+    loaded.backbone.eval()
+    return loaded

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from obow import distributed as dist_utils
 from obow.models import bow_ops
-from obow.train import distributed as dist_utils
 
 
 class VocabularyLevel(nn.Module):

@@ -21,24 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from obow import distributed as dist_utils
 from obow.config.pretrain import PretrainSpec
 from obow.errors import CheckpointError, ConfigError, StopRequested
+from obow.hashing import sha256_of
+from obow.io.atomic import save_atomic, write_atomic
+from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, load_training_checkpoint
 from obow.models.health import UsageWindow, mean_queue_age
 from obow.models.obow import OBoW, build_obow
 from obow.procs import exit_with_parent
 from obow.reporting import NullReporter, Reporter
-from obow.train import distributed as dist_utils
-from obow.train.checkpoint import (
-    FORMAT_VERSION,
-    PRETRAIN_FORMAT,
-    checkpoint_name,
-    latest_checkpoint,
-    list_checkpoints,
-    load_training_checkpoint,
-    save_atomic,
-    sha256_of,
-    write_atomic,
-)
+from obow.train.checkpoint import checkpoint_name, latest_checkpoint, list_checkpoints
 from obow.train.data import PretrainData, build_pretrain_data
 from obow.train.schedules import learning_rate
 

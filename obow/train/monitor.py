@@ -11,21 +11,9 @@ import torch
 from obow.config.pretrain import PretrainSpec
 from obow.data.multicrop import eval_transform
 from obow.data.sources import open_dataset
-from obow.eval.features import extract_features
-from obow.eval.knn import knn_accuracy
+from obow.data.views import ViewDataset
 from obow.models.backbone import ResNetBackbone
-
-
-class _Transformed(torch.utils.data.Dataset):
-    def __init__(self, source, indices: list[int], transform) -> None:
-        self.source, self.indices, self.transform = source, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        image, label = self.source[self.indices[i]]
-        return self.transform(image), label
+from obow.models.features import extract_features, knn_accuracy
 
 
 def _subset(n: int, size: int, seed: int) -> list[int]:
@@ -40,14 +28,10 @@ def knn_monitor(student: ResNetBackbone, spec: PretrainSpec, device: torch.devic
     transform = eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std)
     train = open_dataset(d.dataset_name, d.data_dir, "train", d.subset)
     held_out = open_dataset(d.dataset_name, d.data_dir, d.val_split)
-    bank = _Transformed(train, _subset(len(train), r.knn_monitor_train_size, r.seed), transform)
-    queries = _Transformed(held_out, _subset(len(held_out), r.knn_monitor_test_size, r.seed + 1), transform)
-    was_training = student.training
-    student.eval()
-    try:
-        bank_x, bank_y = extract_features(student, bank, device, batch_size=256, progress=False)
-        query_x, query_y = extract_features(student, queries, device, batch_size=256, progress=False)
-    finally:
-        student.train(was_training)
+    bank = ViewDataset(train, transform, _subset(len(train), r.knn_monitor_train_size, r.seed))
+    queries = ViewDataset(held_out, transform, _subset(len(held_out), r.knn_monitor_test_size, r.seed + 1))
+    # extract_features runs the student in eval mode and gives it back in the mode it found it
+    bank_x, bank_y = extract_features(student, bank, device, batch_size=256, progress=False)
+    query_x, query_y = extract_features(student, queries, device, batch_size=256, progress=False)
     acc = knn_accuracy(bank_x, bank_y, query_x, query_y, k=20, temperature=0.07, num_classes=train.num_classes)
     return {"knn_acc@1": acc}

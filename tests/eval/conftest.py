@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from obow.config.pretrain import PretrainSpec
+from obow.io.atomic import save_atomic
+from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT
 from obow.models.backbone import ResNetBackbone
-from obow.train.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, save_atomic
 
 
 def randomise_bn_stats(module: torch.nn.Module, seed: int = 0) -> None:

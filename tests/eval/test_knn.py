@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from obow.eval.knn import knn_accuracy, knn_predict
+from obow.models.features import knn_accuracy, knn_predict
 
 
 def naive_knn_scores(train_x, train_y, test_x, k, t, num_classes):

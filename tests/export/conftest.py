@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from obow.config import load_pretrain_config
+from obow.io.atomic import save_atomic
+from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT
 from obow.models.obow import build_obow
-from obow.train.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, save_atomic
 
 
 def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
@@ -49,8 +50,8 @@ def r50_backbone(tmp_path_factory):
     A whole ResNet50 OBoW checkpoint (student, teacher, generators) is ~330 MB; the backbone-only file
     exercises the same ResNet50 name mappings at a third of the disk traffic.
     """
-    from obow.export.backbone_state import backbone_payload
     from obow.models.backbone import build_backbone
+    from obow.models.state import backbone_payload
 
     torch.manual_seed(1)
     backbone = build_backbone("resnet50")

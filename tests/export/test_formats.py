@@ -15,9 +15,9 @@ import yaml
 from obow.config.export import ExportSpec
 from obow.errors import ConfigError
 from obow.export.run import run_export
+from obow.hashing import sha256_of
 from obow.models.loading import load_backbone
 from obow.reporting import RecordingReporter
-from obow.train.checkpoint import sha256_of
 
 STAGES = {"resnet18": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3]}
 

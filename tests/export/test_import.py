@@ -11,9 +11,10 @@ from obow.cli import main
 from obow.config.export import ExportSpec, ImportSpec
 from obow.errors import CheckpointError
 from obow.export.run import run_export, run_import
+from obow.hashing import sha256_of
+from obow.io.checkpoint import load_training_checkpoint
 from obow.models.loading import load_backbone
 from obow.reporting import RecordingReporter
-from obow.train.checkpoint import load_training_checkpoint, sha256_of
 
 
 def official_backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

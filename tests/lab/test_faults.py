@@ -20,7 +20,7 @@ import pytest
 import redis
 import torch
 
-from obow.train.checkpoint import load_training_checkpoint
+from obow.io.checkpoint import load_training_checkpoint
 from obow_lab_client import LabClient
 from server.core.queue import RUN_TASK, make_celery
 from tests.lab.conftest import Live, start_live

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from obow import runs
-from obow.train.checkpoint import load_training_checkpoint
+from obow.io.checkpoint import load_training_checkpoint
 from tests.lab.conftest import LIBRARY_KINDS, Lab
 from tests.lab.test_integration import PRETRAIN
 from worker import tasks

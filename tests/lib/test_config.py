@@ -73,6 +73,8 @@ def test_overrides_apply_and_are_typed():
         (["optim.lr_schedule_type=cos_warmup", "optim.warmup_epochs=5"], "warmup_epochs"),
         (["name=../../etc"], "name"),
         (["justtext"], "section.key=value"),
+        # the original configs' `global_pooling: True` is accepted; False would be ignored, so it is refused
+        (["model.feature_extractor_opts.global_pooling=false"], "model.feature_extractor_opts.global_pooling"),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_field(overrides, message):

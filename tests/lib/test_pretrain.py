@@ -7,8 +7,9 @@ import torch
 
 from obow.config import load_pretrain_config
 from obow.errors import CheckpointError, ConfigError, DataError, StopRequested
+from obow.io.checkpoint import load_training_checkpoint
 from obow.reporting import RecordingReporter
-from obow.train.checkpoint import latest_checkpoint, list_checkpoints, load_training_checkpoint
+from obow.train.checkpoint import latest_checkpoint, list_checkpoints
 from obow.train.engine import run_pretrain
 
 TINY = ["data.epoch_size=128", "data.batch_size=16", "runtime.print_freq=1", "runtime.workers=0"]

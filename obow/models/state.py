@@ -1,4 +1,8 @@
-"""Recognise a ResNet backbone from a torchvision-named state dict and rebuild it."""
+"""Backbones from torchvision-named state dicts: recognise the architecture, rebuild, load strictly.
+
+Shared by every checkpoint reader (`obow.models.loading`) and by `obow import`, which writes the
+rebuilt backbone as an OBoW Lab backbone file (`backbone_payload`).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,27 @@ from typing import Any
 import torch
 
 from obow.errors import CheckpointError
+from obow.io.checkpoint import BACKBONE_FORMAT
 from obow.models.backbone import ARCHS, ResNetBackbone, build_backbone
-from obow.models.loading import load_state_strict
 
-BACKBONE_FORMAT = "obow-lab/backbone"
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict=True) with a one-line error listing the mismatched keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        raise CheckpointError(
+            f"{what} does not match the architecture: missing keys [{show(missing)}], unexpected keys "
+            f"[{show(unexpected)}], wrong shapes [{show(wrong_shape)}]"
+        )
+    module.load_state_dict(state, strict=True)
 
 
 def infer_backbone(state: dict[str, torch.Tensor]) -> tuple[str, bool, float]:
@@ -57,6 +77,16 @@ def backbone_from_state(state: dict[str, torch.Tensor], what: str) -> ResNetBack
     backbone = build_backbone(arch, small_stem=small_stem, width=width)
     load_state_strict(backbone, state, what)
     return backbone
+
+
+def split_fc(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(backbone entries, {"weight", "bias"} of a torchvision fc or None); a missing fc bias is zero."""
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if "fc.weight" in state:
+        weight = state["fc.weight"]
+        bias = state.get("fc.bias", torch.zeros(weight.shape[0]))
+        return backbone, {"weight": weight, "bias": bias}
+    return backbone, None
 
 
 def backbone_payload(

@@ -1,4 +1,8 @@
-"""torch.distributed helpers that degrade to no-ops in a single process."""
+"""torch.distributed helpers that degrade to no-ops in a single process.
+
+In the bottom layer because both the models (the vocabulary all-reduces its statistics and gathers its
+queue entries) and the training engine (process groups, barriers) use them.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,6 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process() -> bool:
-    return rank() == 0
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
