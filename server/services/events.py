@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.core.errors import NotFound
-from server.core.models import LogLine, Metric, Run
+from server.core.models import TERMINAL_STATES, LogLine, Metric, Run
 from server.schemas import INT64_MAX
 
 MAX_ROWS_PER_POLL = 5000
@@ -98,5 +98,5 @@ def poll(
     if run.version != cursor.version:
         version = run.version
         events.append(("state", run_state(run), Cursor(metric_id, log_id, version)))
-    finished = run.state in ("succeeded", "failed", "cancelled") and not rows and not lines
+    finished = run.state in TERMINAL_STATES and not rows and not lines
     return events, Cursor(metric_id, log_id, version), finished

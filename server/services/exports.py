@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from server.core import kinds as kinds_service
-from server.core.errors import invalid
+from server.core.errors import Invalid, invalid
 from server.core.models import Run
 from server.core.settings import Settings
 from server.schemas import ExportCreate, RunCreate
@@ -17,6 +17,15 @@ def create_export(session: Session, run_id: int, body: ExportCreate, settings: S
     if "export" not in kinds_service.kinds():
         raise invalid(("body", "format"), "this installation has no 'export' run kind")
     spec = {**body.options, "format": body.format}
-    return runs_service.create_run(
-        session, RunCreate(kind="export", spec=spec, parent_id=run_id), settings, enqueue
-    )
+    try:
+        return runs_service.create_run(
+            session, RunCreate(kind="export", spec=spec, parent_id=run_id), settings, enqueue
+        )
+    except Invalid as err:  # name the request's fields: `format` and `options.<name>`, not the spec's
+        raise Invalid([{**e, "loc": _request_loc(e["loc"])} for e in err.errors]) from None
+
+
+def _request_loc(loc: list) -> list:
+    if loc[:2] != ["body", "spec"] or len(loc) < 3:
+        return loc
+    return ["body", "format"] if loc[2] == "format" else ["body", "options", *loc[2:]]

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from server.core import kinds as kinds_service
 from server.core.errors import NotFound, invalid
-from server.core.models import Artifact, Run
+from server.core.models import Artifact, Run, RunState
 from server.core.settings import Settings
 from server.schemas import RunCreate, WordsCreate
 from server.services import artifacts as artifacts_service
@@ -52,7 +52,7 @@ def create_words(session: Session, run_id: int, body: WordsCreate, settings: Set
 def latest_words_run(session: Session, run_id: int, succeeded: bool = False) -> Run | None:
     query = select(Run).where(Run.parent_id == run_id, Run.kind == "words")
     if succeeded:
-        query = query.where(Run.state == "succeeded")
+        query = query.where(Run.state == RunState.SUCCEEDED)
     return session.scalars(query.order_by(Run.id.desc())).first()
 
 

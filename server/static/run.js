@@ -135,10 +135,22 @@
     while (fmt && fmt.$ref) fmt = schema.$defs[fmt.$ref.split("/").pop()];
     exportFormats = (fmt && (fmt.enum || (fmt.anyOf || []).flatMap((v) => v.enum || []))) || [];
     $("export-format").innerHTML = exportFormats.map((f) => `<option>${Lab.esc(f)}</option>`).join("");
-    // the export's yes/no options (e.g. leave out the fc, BGR input) as checkboxes, from its schema
+    // the export's yes/no options (e.g. leave out the fc, BGR input) as checkboxes, from its schema;
+    // each format shows only the options it honours (the schema's x-export-formats, the server's registry)
+    const facts = schema["x-export-formats"] || {};
     const flags = Object.entries(schema.properties || {}).filter(([, p]) => p.type === "boolean");
     $("export-options").innerHTML = flags.map(([name, p]) =>
-      `<label title="${Lab.esc(p.description || "")}"><input type="checkbox" data-option="${Lab.esc(name)}"> ${Lab.esc(p.title || name)}</label>`).join("");
+      `<label data-option-label="${Lab.esc(name)}" title="${Lab.esc(p.description || "")}"><input type="checkbox" data-option="${Lab.esc(name)}"> ${Lab.esc(p.title || name)}</label>`).join("");
+    const showOptions = () => {
+      const allowed = (facts[$("export-format").value] || {}).options;
+      document.querySelectorAll("#export-options [data-option-label]").forEach((label) => {
+        const fits = !allowed || allowed.includes(label.dataset.optionLabel);
+        label.hidden = !fits;
+        if (!fits) label.querySelector("input").checked = false;
+      });
+    };
+    $("export-format").addEventListener("change", showOptions);
+    showOptions();
   }
 
   async function startExport() {

@@ -7,8 +7,12 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import update
 
+from obow import runs
+from server.core import artifacts as artifact_store
+from server.core.artifacts import run_dir
 from server.core.models import Run
 from tests.lab.conftest import count_rows
 from worker.tasks import execute_run
@@ -261,3 +265,34 @@ def test_sse_streams_and_resumes_from_last_event_id(lab):
     assert len(again) == 4 and again == points[-4:]
     # a new subscriber of a finished run gets its state and the end
     assert [e[1] for e in _sse(lab, run["id"])] == ["state", "end"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_export_option_the_format_ignores_is_a_422_naming_it(lab, monkeypatch):
+    """The library's own export spec (not the test fake): caffe2 has no `plain` and torchvision no
+    `rgb2bgr`; the 422 names the request's field, and nothing is stored."""
+    from tests.lab.conftest import LIBRARY_KINDS
+
+    monkeypatch.setitem(runs.RUN_KINDS, "export", LIBRARY_KINDS["export"])
+    parent = _submit(lab, kind="faketrain")
+    with lab.session() as session:
+        target = run_dir(lab.settings.artifact_root, parent["id"]) / "checkpoint.json"
+        target.parent.mkdir(parents=True)
+        target.write_text("{}")
+        artifact_store.record(session, lab.settings.artifact_root, parent["id"], target, "checkpoint", {})
+        session.commit()
+    before = count_rows(lab, "runs")
+    for body, loc in (
+        ({"format": "caffe2", "options": {"plain": True}}, ["body", "options", "plain"]),
+        ({"format": "torchvision", "options": {"rgb2bgr": True}}, ["body", "options", "rgb2bgr"]),
+        ({"format": "nope"}, ["body", "format"]),
+    ):
+        response = lab.client.post(f"/api/v1/runs/{parent['id']}/exports", json=body, headers=lab.auth)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == loc, response.json()
+    assert count_rows(lab, "runs") == before
+    ok = lab.client.post(
+        f"/api/v1/runs/{parent['id']}/exports", json={"format": "caffe2", "options": {"rgb2bgr": True}},
+        headers=lab.auth,
+    )
+    assert ok.status_code == 201, ok.text
