@@ -56,6 +56,7 @@ class DbReporter:
         self._stop = False
         self.handoff_requested = False
         self._skipped_keys: set[str] = set()
+        self._stored_keys: dict[str, str] = {}  # a metric key as the library gives it -> as it is stored
         with maker() as session:
             run = session.get(Run, run_id)
             self._keys: list[str] = list(run.metric_keys or []) if run else []
@@ -94,7 +95,7 @@ class DbReporter:
                         "warning",
                     )
                 continue
-            key = clean_text(key, 100)
+            key = self._stored_keys.get(key) or self._stored_keys.setdefault(key, clean_text(key, 100))
             self._points.append((key, int(step), value, now))
             self._last[key] = value
         self._maybe_flush()
