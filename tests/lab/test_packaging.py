@@ -14,6 +14,7 @@ httpx, and talks to that running lab.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,7 +109,9 @@ def test_the_wheel_runs_the_lab_and_the_client_installs_alone(tmp_path):
         )
 
         client_python = _venv(tmp_path / "client-venv", deps_from_project=False)
-        _pip_install(client_python, str(REPO / "client"))
+        client_src = tmp_path / "client-src"  # pip builds in the source folder: keep the repository clean
+        shutil.copytree(REPO / "client", client_src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        _pip_install(client_python, str(client_src))
         script = (
             "import sys; from obow_lab_client import LabClient; "
             f"lab = LabClient({url!r}, token={token!r}); "

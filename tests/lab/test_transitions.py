@@ -28,16 +28,22 @@ def _claim(session, run_id: int, host: str) -> int | None:
     return attempt.id if attempt else None
 
 
+def _taken_over(session) -> tuple[int, int, int]:
+    """A run whose attempt A was swept to lost (its lease ran out) and then claimed by attempt B."""
+    run_id = _new(session)
+    a = _claim(session, run_id, "A")
+    assert transitions.mark_lost(session, run_id, FUTURE, "no heartbeat") == RunState.LOST
+    b = _claim(session, run_id, "B")
+    assert a and b and a != b
+    return run_id, a, b
+
+
 def test_a_stale_attempt_cannot_finish_a_run_another_attempt_holds(lab):
     """A is swept to lost, B claims the run, then A's late finish("succeeded") arrives: it changes
     nothing, and A's heartbeat, metrics and artifacts are refused too; B finishes normally."""
     maker = lab.client.app.state.sessionmaker
     with maker() as session:
-        run_id = _new(session)
-        a = _claim(session, run_id, "A")
-        assert transitions.mark_lost(session, run_id, FUTURE, "no heartbeat") == RunState.LOST
-        b = _claim(session, run_id, "B")
-        assert a and b and a != b
+        run_id, a, b = _taken_over(session)
         assert not transitions.finish(session, run_id, a, "succeeded", None, {"stale": True})
         assert not transitions.heartbeat(session, run_id, a)
         run = session.get(Run, run_id)
@@ -83,10 +89,7 @@ def test_the_supervisor_stops_an_attempt_that_lost_its_run(lab):
 
     maker = lab.client.app.state.sessionmaker
     with maker() as session:
-        run_id = _new(session)
-        a = _claim(session, run_id, "A")
-        assert transitions.mark_lost(session, run_id, FUTURE, "no heartbeat") == RunState.LOST
-        b = _claim(session, run_id, "B")
+        run_id, a, b = _taken_over(session)
 
     def endless():
         import time
