@@ -26,6 +26,7 @@ from server.schemas import (
     RunDetail,
     RunOut,
     RunPage,
+    RunSummary,
     Series,
     WordsCreate,
 )
@@ -58,7 +59,7 @@ def list_runs(
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> RunPage:
     items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset)
-    return RunPage(items=[RunOut.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
+    return RunPage(items=[RunSummary.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{run_id}", response_model=RunDetail, responses=BY_ID)
@@ -70,7 +71,7 @@ def get_run(run_id: IdPath, db: DbDep) -> RunDetail:
         **base,
         attempts=run.attempts,
         artifacts=[artifacts_service.to_out(a) for a in run.artifacts],
-        children=[RunOut.model_validate(c) for c in children],
+        children=[RunSummary.model_validate(c) for c in children],
     )
 
 
