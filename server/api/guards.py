@@ -76,11 +76,15 @@ class TrustedHost:
         await _answer(send, 400, "invalid Host header: not one of this lab's names (OBOW_LAB_ALLOWED_HOSTS)")
 
 
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class BodyLimit:
     """413 for a request body over `max_bytes`, before the route parses it: by its Content-Length when
     declared, else (chunked) once the bytes read so far pass the cap. The body, at most `max_bytes`, is
     read here and handed on whole. Paths in `exempt` (the upload route, which streams to disk under its
-    own cap) pass untouched."""
+    own cap) pass untouched, and so do GET, HEAD and OPTIONS: no route reads their body (the server
+    discards it unread)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, exempt: Iterable[str] = ()) -> None:
         self.app = app
@@ -91,7 +95,7 @@ class BodyLimit:
         return f"request body is larger than the {self.max_bytes}-byte limit (OBOW_LAB_MAX_BODY_KB)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        if scope["type"] != "http" or scope["path"] in self.exempt or scope["method"] in _NO_BODY:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))

@@ -33,6 +33,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # every route behind authentication (reads included, unless OBOW_LAB_PUBLIC_READ=1)
 AUTHENTICATED = errors(401, 429)
-WRITE = errors(403)  # routes that change state: a session needs its CSRF token
+# routes that change state: a session needs its CSRF token; any body they are sent is capped
+WRITE = errors(403, 413)
 BODY = errors(413)  # routes that take a body
 BY_ID = errors(404)  # routes with a run, artifact or preset in the path
