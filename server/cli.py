@@ -124,6 +124,14 @@ def _create_token(settings: Settings, name: str, expires_in_days: float | None =
         return create_token(session, name, expires_in_days)
 
 
+def _settings_binding(host: str | None) -> Settings:
+    """Settings with `--host` as the bind host: the Host check's default names include it, also in
+    the processes of `--workers N` (they read OBOW_LAB_HOST from the environment they inherit)."""
+    if host:
+        os.environ["OBOW_LAB_HOST"] = host
+    return Settings()
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -150,7 +158,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     from server.app import create_app
     from server.core.db import DatabaseNotMigrated, check_migrated, make_engine
 
-    settings = Settings()
+    settings = _settings_binding(host)
     host, port = host or settings.host, port or settings.port
     if workers == 1:
         try:
@@ -309,7 +317,7 @@ def up(host: str | None, port: int | None) -> None:
     from server.app import create_app
     from server.core.db import upgrade
 
-    settings = Settings()
+    settings = _settings_binding(host)
     upgrade(settings.db_url)
     value = _create_token(settings, "lab up")
     host, port = host or settings.host, port or settings.port

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -448,3 +449,18 @@ def test_the_body_cap_is_a_setting(lab):
         spec = {"kind": "faketrain", "spec": {"name": "a" * 2000}}
         assert client.post("/api/v1/runs", json=spec).status_code == 413
         assert client.post("/api/v1/runs", json={"kind": "faketrain"}).status_code == 201
+
+
+def test_the_bind_host_of_the_command_line_is_an_allowed_name(monkeypatch):
+    """`obow lab serve --host lab-box` answers `Host: lab-box` (also in `--workers N` processes, which
+    read the environment); the default names stay."""
+    from server.cli import _settings_binding
+
+    monkeypatch.delenv("OBOW_LAB_ALLOWED_HOSTS", raising=False)
+    monkeypatch.delenv("OBOW_LAB_HOST", raising=False)
+    assert "lab-box" not in _settings_binding(None).allowed_hosts
+    settings = _settings_binding("lab-box")
+    assert os.environ["OBOW_LAB_HOST"] == "lab-box"
+    assert {"lab-box", "localhost", "127.0.0.1", "::1"} <= set(settings.allowed_hosts)
+    wildcard = _settings_binding("0.0.0.0")
+    assert socket.gethostname().lower() in wildcard.allowed_hosts
