@@ -51,6 +51,7 @@ from benchmarks.lab_sse import free_port
 from benchmarks.lab_storage import KEYS, database, end_run, new_run
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import LogLine, Run, utcnow
+from server.services import tokens
 from worker.reporter import DbReporter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +84,7 @@ class Seeded:
     live_runs: list[int]
     run_ids: list[int]
     big_steps: int
+    token: str = ""  # reads need a token (server.api.deps.require_reader)
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -143,8 +145,10 @@ def seed(url: str, scratch: Path, runs: int, big_points: int, live: int) -> Seed
             conn.exec_driver_sql("ANALYZE")
     with maker() as session:
         run_ids = [r for (r,) in session.execute(Run.__table__.select().with_only_columns(Run.id))]
+    with maker() as session:
+        token = tokens.create_token(session, "load")
     engine.dispose()
-    return Seeded(big, live_runs, run_ids, steps)
+    return Seeded(big, live_runs, run_ids, steps, token)
 
 
 def write(url: str, scratch: str, run_ids: list[int], rate: float, duration: float) -> None:
@@ -210,7 +214,8 @@ def _request_path(kind: str, rng: random.Random, seeded: Seeded) -> str:
 async def _requester(base: str, seeded: Seeded, deadline: float, think: float, seed: int, tally: Tally) -> None:
     rng = random.Random(seed)
     kinds, weights = list(REQUEST_MIX), list(REQUEST_MIX.values())
-    async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
+    headers = {"Authorization": f"Bearer {seeded.token}"}
+    async with httpx.AsyncClient(base_url=base, timeout=10.0, headers=headers) as client:
         await asyncio.sleep(rng.uniform(0, think * 2))  # not all at once
         while time.monotonic() < deadline:
             kind = rng.choices(kinds, weights)[0]
@@ -227,7 +232,9 @@ async def _requester(base: str, seeded: Seeded, deadline: float, think: float, s
             await asyncio.sleep(rng.uniform(0, think * 2))
 
 
-async def _sse_client(base: str, run_id: int, deadline: float, drain_s: float, seed: int, tally: Tally) -> None:
+async def _sse_client(
+    base: str, run_id: int, deadline: float, drain_s: float, seed: int, tally: Tally, token: str = ""
+) -> None:
     """Holds the stream 2-8 s, reconnects with Last-Event-ID, until the run's `end` (or `deadline + drain_s`).
     Checks that, per key, the steps arrive 0, 1, 2, ... exactly once and that all steps written arrived."""
     rng = random.Random(seed)
@@ -235,7 +242,8 @@ async def _sse_client(base: str, run_id: int, deadline: float, drain_s: float, s
     expect: dict[str, int] = {}
     progress_done = 0
     hard_stop = deadline + drain_s
-    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(10.0, read=20.0)) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(10.0, read=20.0), headers=headers) as client:
         while time.monotonic() < hard_stop:
             hold_until = time.monotonic() + rng.uniform(2, 8)
             connected_at = time.time()
@@ -294,7 +302,7 @@ async def _drive(base: str, seeded: Seeded, clients: int, sse_clients: int, dura
     tally = Tally()
     deadline = time.monotonic() + duration
     tasks = [
-        _sse_client(base, seeded.live_runs[i % len(seeded.live_runs)], deadline, 15.0, 1000 + i, tally)
+        _sse_client(base, seeded.live_runs[i % len(seeded.live_runs)], deadline, 15.0, 1000 + i, tally, seeded.token)
         for i in range(sse_clients)
     ]
     tasks += [_requester(base, seeded, deadline, think, i, tally) for i in range(clients - sse_clients)]

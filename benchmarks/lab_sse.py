@@ -41,7 +41,7 @@ def measure(backend: str, writes: int, rate: float) -> list[float]:
         engine = make_engine(url)
         maker = make_sessionmaker(engine)
         run_id, attempt_id = new_run(maker)
-        settings = Settings(home=scratch, database_url=url, secret_key_value="bench")
+        settings = Settings(home=scratch, database_url=url, secret_key_value="bench", public_read=True)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(

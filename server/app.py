@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from server.api.guards import BodyLimit, TrustedHost
 from server.api.routes import artifacts, imports, meta, runs
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
@@ -21,6 +22,7 @@ from server.core.settings import Settings
 from server.pages import router as pages_router
 from server.services.redelivery import Redelivery
 from server.services.runs import Enqueue, sweep_lost
+from server.services.throttle import LoginThrottle
 
 STATIC_DIR = lab_dir("static")
 log = logging.getLogger("obow.lab")
@@ -89,6 +91,7 @@ def create_app(
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.enqueue = enqueue or CeleryEnqueuer(settings.celery_broker_url)
+    app.state.login_throttle = LoginThrottle()
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
@@ -96,8 +99,11 @@ def create_app(
             return JSONResponse({"detail": err.errors}, status_code=422)
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
-    for router in (runs.router, artifacts.router, imports.router, meta.router):
+    for router in (runs.router, artifacts.router, imports.router, meta.router, meta.health_router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # outermost last: the Host check first, then the body cap (uploads have their own, streamed to disk)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt={"/api/v1/imports"})
+    app.add_middleware(TrustedHost, allowed=settings.allowed_hosts)
     return app

@@ -3,12 +3,14 @@ entry point (the library never imports the server). Also runnable as `python -m 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import click
 
@@ -47,24 +49,87 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--name", default="cli", show_default=True, help="A label to recognise the token by")
-def token_create(name: str) -> None:
+@click.option(
+    "--expires-in",
+    "expires_in",
+    type=click.FloatRange(min=0, min_open=True, max=36500),
+    default=None,
+    metavar="DAYS",
+    help="Refuse the token after this many days (default: until revoked)",
+)
+def token_create(name: str, expires_in: float | None) -> None:
     """Print a new API token (shown once; only its sha256 is stored)."""
-    click.echo(_create_token(Settings(), name))
+    click.echo(_create_token(Settings(), name, expires_in))
 
 
-def _create_token(settings: Settings, name: str) -> str:
+@token.command("list")
+def token_list() -> None:
+    """Every token: id, name, created, last used, expires, state. Never the token itself (only its hash
+    is stored)."""
+    from server.services.tokens import list_tokens, usable
+
+    with _session(Settings()) as session:
+        rows = list_tokens(session)
+        lines = [("ID", "NAME", "CREATED", "LAST USED", "EXPIRES", "STATE")]
+        for row in rows:
+            state = "revoked" if row.revoked else ("active" if usable(row) else "expired")
+            lines.append(
+                (str(row.id), row.name, _when(row.created_at), _when(row.last_used_at), _when(row.expires_at), state)
+            )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+@token.command("revoke")
+@click.argument("token_id", type=click.IntRange(min=1))
+def token_revoke(token_id: int) -> None:
+    """Revoke token ID (see `obow lab token list`): refused from now on, and every dashboard session
+    logged in with it ends."""
+    from server.services.tokens import revoke_token
+
+    with _session(Settings()) as session:
+        row = revoke_token(session, token_id)
+        if row is None:
+            raise LabError(f"no token with id {token_id}; see `obow lab token list`")
+        click.echo(f"revoked token {row.id} ({row.name}); its dashboard sessions ended")
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
+
+
+@contextlib.contextmanager
+def _session(settings: Settings) -> Iterator:
+    """A database session on a migrated database (else a one-line error saying how to migrate)."""
     from server.core.db import DatabaseNotMigrated, check_migrated, make_engine, make_sessionmaker
-    from server.services.tokens import create_token
 
     engine = make_engine(settings.db_url)
     try:
         check_migrated(engine)
     except DatabaseNotMigrated as err:
+        engine.dispose()
         raise LabError(str(err)) from None
-    with make_sessionmaker(engine)() as session:
-        value = create_token(session, name)
-    engine.dispose()
-    return value
+    try:
+        with make_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _create_token(settings: Settings, name: str, expires_in_days: float | None = None) -> str:
+    from server.services.tokens import create_token
+
+    with _session(settings) as session:
+        return create_token(session, name, expires_in_days)
+
+
+def _settings_binding(host: str | None) -> Settings:
+    """Settings with `--host` as the bind host: the Host check's default names include it, also in
+    the processes of `--workers N` (they read OBOW_LAB_HOST from the environment they inherit)."""
+    if host:
+        os.environ["OBOW_LAB_HOST"] = host
+    return Settings()
 
 
 def _safe_url(url: str) -> str:
@@ -93,7 +158,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     from server.app import create_app
     from server.core.db import DatabaseNotMigrated, check_migrated, make_engine
 
-    settings = Settings()
+    settings = _settings_binding(host)
     host, port = host or settings.host, port or settings.port
     if workers == 1:
         try:
@@ -252,7 +317,7 @@ def up(host: str | None, port: int | None) -> None:
     from server.app import create_app
     from server.core.db import upgrade
 
-    settings = Settings()
+    settings = _settings_binding(host)
     upgrade(settings.db_url)
     value = _create_token(settings, "lab up")
     host, port = host or settings.host, port or settings.port

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from obow.config import list_presets
-from server.api.deps import CSRF_HEADER, SESSION_COOKIE, DbDep, IdPath, SettingsDep, current_session_token
+from server.api.deps import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    DbDep,
+    IdPath,
+    SettingsDep,
+    authenticate,
+    client_address,
+    current_session_token,
+    get_throttle,
+)
 from server.core import kinds as kinds_service
 from server.core.errors import NotFound
 from server.core.resources import lab_dir
@@ -22,6 +33,18 @@ from server.services import words as words_service
 
 TEMPLATES = Jinja2Templates(directory=str(lab_dir("templates")))
 router = APIRouter(include_in_schema=False)
+
+
+def page_reader(request: Request, settings: SettingsDep) -> None:
+    """Pages show runs, logs and results: without a session (or a bearer token) they redirect to the
+    login page, which brings the reader back here; `OBOW_LAB_PUBLIC_READ=1` opens them."""
+    if settings.public_read or authenticate(request) is not None:
+        return
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    raise HTTPException(303, "log in first", {"Location": "/login?" + urlencode({"next": target})})
+
+
+ReaderPage = [Depends(page_reader)]
 
 
 def _context(request: Request, db, settings, **extra: Any) -> dict[str, Any]:
@@ -39,7 +62,7 @@ def _render(name: str, context: dict[str, Any], status: int = 200) -> HTMLRespon
     return TEMPLATES.TemplateResponse(context["request"], name, context, status_code=status)
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=ReaderPage)
 def runs_page(request: Request, db: DbDep, settings: SettingsDep) -> HTMLResponse:
     kinds = kinds_service.kinds()
     return _render("runs.html", _context(request, db, settings, kinds=kinds, can_import="import" in kinds))
@@ -66,36 +89,53 @@ def login(
     """No CSRF token here (there is no session yet to bind one to). Login CSRF would put a victim into
     the attacker's session, but every token is an operator of this lab with the same rights, so an
     attacker needs a valid token already and gains nothing by it; the SameSite=Strict cookie set here
-    is never sent with a cross-site request."""
+    is never sent with a cross-site request.
+
+    Wrong tokens count against the client's address (`server.services.throttle`): after 5 the address
+    waits 1 s, then 2, 4 ... (429 with Retry-After). The session is a row of its own (`web_sessions`),
+    ending after OBOW_LAB_SESSION_HOURS, at logout, or when its token is revoked or expires."""
+    throttle, address = get_throttle(request), client_address(request)
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        message = f"Too many failed logins from this address: try again in {wait} s."
+        ctx = _context(request, db, settings, next=_safe_next(next), error=message)
+        response = _render("login.html", ctx, status=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     row = tokens.verify_token(db, token.strip())
     if row is None:
-        ctx = _context(request, db, settings, next=_safe_next(next), error="Unknown or revoked token.")
+        throttle.failed(address)
+        ctx = _context(request, db, settings, next=_safe_next(next), error="Unknown, revoked or expired token.")
         return _render("login.html", ctx, status=401)
+    throttle.succeeded(address)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        tokens.session_cookie(settings.secret_key, row),
+        tokens.start_session(db, settings.secret_key, row, settings.session_hours),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
-        max_age=14 * 24 * 3600,
+        max_age=int(settings.session_hours * 3600),
     )
     return response
 
 
 @router.post("/logout", response_model=None)
-def logout(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> Response:
+def logout(request: Request, db: DbDep, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> Response:
     """The page's form sends the CSRF token as a field, a script as the same header the JSON API takes;
-    without it a cross-site form could end the session."""
+    without it a cross-site form could end the session. The session row is ended, so a copy of the
+    cookie dies with it."""
     csrf = csrf or request.headers.get(CSRF_HEADER, "")
-    if not tokens.csrf_ok(settings.secret_key, request.cookies.get(SESSION_COOKIE), csrf):
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not tokens.csrf_ok(settings.secret_key, cookie, csrf):
         return Response("missing or wrong CSRF token", status_code=403)
-    response = RedirectResponse("/", status_code=303)
+    tokens.end_session(db, settings.secret_key, cookie)
+    response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
 
 
-@router.get("/runs/new", response_class=HTMLResponse)
+@router.get("/runs/new", response_class=HTMLResponse, dependencies=ReaderPage)
 def new_run_page(
     request: Request,
     db: DbDep,
@@ -124,7 +164,7 @@ def new_run_page(
     return _render("new_run.html", ctx)
 
 
-@router.get("/runs/{run_id}", response_class=HTMLResponse)
+@router.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=ReaderPage)
 def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep) -> HTMLResponse:
     try:
         run = runs_service.get_run(db, run_id)
@@ -152,7 +192,7 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
     return _render("run.html", ctx)
 
 
-@router.get("/compare", response_class=HTMLResponse)
+@router.get("/compare", response_class=HTMLResponse, dependencies=ReaderPage)
 def compare_page(
     request: Request, db: DbDep, settings: SettingsDep, ids: Annotated[str, Query()] = ""
 ) -> HTMLResponse:
@@ -162,7 +202,7 @@ def compare_page(
     return _render("compare.html", ctx)
 
 
-@router.get("/runs/{run_id}/words", response_class=HTMLResponse)
+@router.get("/runs/{run_id}/words", response_class=HTMLResponse, dependencies=ReaderPage)
 def words_page(
     request: Request,
     run_id: IdPath,

@@ -65,14 +65,16 @@ class ArtifactOut(BaseModel):
     download_url: str
 
 
-class RunOut(BaseModel):
+class RunSummary(BaseModel):
+    """A run in a list (`GET /runs`, a run's children): everything but its spec, which can be up to the
+    body cap in size; a page of runs stays small. `GET /runs/{id}` has the spec."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     kind: str
     name: str
     preset: str | None
-    spec: dict[str, Any]
     parent_id: int | None
     retry_of_id: int | None
     queue: str
@@ -90,14 +92,18 @@ class RunOut(BaseModel):
     heartbeat_at: datetime | None
 
 
+class RunOut(RunSummary):
+    spec: dict[str, Any]
+
+
 class RunDetail(RunOut):
     attempts: list[AttemptOut]
     artifacts: list[ArtifactOut]
-    children: list[RunOut]
+    children: list[RunSummary]
 
 
 class RunPage(BaseModel):
-    items: list[RunOut]
+    items: list[RunSummary]
     total: int
     limit: int
     offset: int

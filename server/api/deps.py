@@ -1,7 +1,9 @@
 """Request dependencies: the database session, settings, the enqueuer and authentication.
 
 Everything that changes state needs either `Authorization: Bearer <token>` (scripts, the client) or
-the dashboard's session cookie together with its CSRF token in the `X-CSRF-Token` header.
+the dashboard's session cookie together with its CSRF token in the `X-CSRF-Token` header. Reads need
+the token or the session (no CSRF token: SameSite=Strict keeps the cookie off other sites' requests),
+unless `OBOW_LAB_PUBLIC_READ=1`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, HTTPException, Path, Request, Response
@@ -20,6 +23,7 @@ from server.core.settings import Settings
 from server.schemas import INT32_MAX
 from server.services import tokens
 from server.services.runs import Enqueue
+from server.services.throttle import LoginThrottle
 
 SESSION_COOKIE = "obow_lab_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -47,30 +51,94 @@ def current_session_token(request: Request, db: Session, settings: Settings) -> 
     return tokens.session_token(db, settings.secret_key, request.cookies.get(SESSION_COOKIE))
 
 
-def require_token(request: Request, db: DbDep, settings: SettingsDep) -> ApiToken:
+@dataclass(frozen=True)
+class Credentials:
+    """Who sent the request: a bearer token, or a dashboard session (then `cookie` is its cookie)."""
+
+    token: ApiToken
+    cookie: str | None = None
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def get_throttle(request: Request) -> LoginThrottle:
+    return request.app.state.login_throttle
+
+
+def check_throttle(throttle: LoginThrottle, address: str) -> None:
+    """429 with Retry-After while the address is locked out after failed logins."""
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        raise HTTPException(
+            429, f"too many failed logins from this address: try again in {wait} s", {"Retry-After": str(wait)}
+        )
+
+
+def authenticate(request: Request) -> Credentials | None:
+    """The request's credentials, or None if it has none; a malformed, unknown, revoked or expired bearer
+    token is a 401 (a failure for the login back-off). Reads the database in a session of its own,
+    closed before the route runs, so a long SSE stream holds no connection for it. FastAPI caches it
+    per request, so a route needing both a reader and a writer checks the token once."""
+    settings: Settings = request.app.state.settings
     header = request.headers.get("authorization", "")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise HTTPException(401, "Authorization must be 'Bearer <token>'", {"WWW-Authenticate": "Bearer"})
-        row = tokens.verify_token(db, value.strip())
+        throttle, address = get_throttle(request), client_address(request)
+        check_throttle(throttle, address)
+        with request.app.state.sessionmaker() as db:
+            row = tokens.verify_token(db, value.strip())
         if row is None:
-            raise HTTPException(401, "unknown or revoked API token", {"WWW-Authenticate": "Bearer"})
-        return row
+            throttle.failed(address)
+            raise HTTPException(401, "unknown, revoked or expired API token", {"WWW-Authenticate": "Bearer"})
+        throttle.succeeded(address)
+        return Credentials(row)
     cookie = request.cookies.get(SESSION_COOKIE)
-    row = current_session_token(request, db, settings)
-    if row is not None:
-        if not tokens.csrf_ok(settings.secret_key, cookie, request.headers.get(CSRF_HEADER)):
-            raise HTTPException(403, "missing or wrong CSRF token: reload the page")
-        return row
-    raise HTTPException(
+    if cookie:
+        with request.app.state.sessionmaker() as db:
+            found = tokens.session_login(db, settings.secret_key, cookie)
+        if found is not None:
+            return Credentials(found.token, cookie)
+    return None
+
+
+CredentialsDep = Annotated[Credentials | None, Depends(authenticate)]
+
+
+def require_reader(credentials: CredentialsDep, settings: SettingsDep) -> ApiToken | None:
+    """Reads need a token or a session, like writes (a page of another site must not read runs, logs or
+    checkpoints through the user's browser); `OBOW_LAB_PUBLIC_READ=1` opens them to anyone."""
+    if credentials is not None:
+        return credentials.token
+    if settings.public_read:
+        return None
+    raise _unauthenticated()
+
+
+def _unauthenticated() -> HTTPException:
+    return HTTPException(
         401,
-        "this request changes state: send 'Authorization: Bearer <token>' (create one with "
-        "`obow lab token create`) or log in on the dashboard",
+        "this route needs 'Authorization: Bearer <token>' (create one with `obow lab token create`) or "
+        "a login on the dashboard",
         {"WWW-Authenticate": "Bearer"},
     )
 
 
+def require_token(request: Request, credentials: CredentialsDep, settings: SettingsDep) -> ApiToken:
+    if credentials is not None and credentials.cookie is None:
+        return credentials.token
+    if credentials is not None:
+        if not tokens.csrf_ok(settings.secret_key, credentials.cookie, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the page")
+        return credentials.token
+    raise _unauthenticated()
+
+
+# Routers that serve data put this in their `dependencies`: a route added later is covered too.
+READ_AUTH = Depends(require_reader)
 TokenDep = Annotated[ApiToken, Depends(require_token)]
 # A run's or an artifact's id in a path: a positive 32-bit integer like the column it is looked up in.
 IdPath = Annotated[int, Path(ge=1, le=INT32_MAX)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from functools import cached_property
 from pathlib import Path
 
@@ -68,6 +69,13 @@ class Settings(BaseSettings):
         None, gt=0, validation_alias=AliasChoices("OBOW_LAB_DB_POOL_SIZE")
     )  # PostgreSQL connections the API keeps open (server.core.db.PG_POOL_SIZE when unset)
     sse_poll_s: float = Field(0.25, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S"))
+    # reads (API GETs, SSE, downloads, pages) need a token or a session unless this is set
+    public_read: bool = Field(False, validation_alias=AliasChoices("OBOW_LAB_PUBLIC_READ"))
+    allowed_hosts_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_ALLOWED_HOSTS"))
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 366, validation_alias=AliasChoices("OBOW_LAB_SESSION_HOURS")
+    )
+    max_body_kb: float = Field(256.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_MAX_BODY_KB"))
 
     data_roots_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_DATA_ROOTS"))
     cache_roots_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_CACHE_ROOTS"))
@@ -85,6 +93,23 @@ class Settings(BaseSettings):
         """Where an absolute feature-cache folder may be (`OBOW_LAB_CACHE_ROOTS`); default `<home>/cache`.
         A relative one lies inside the run's own folder."""
         return _roots(self.cache_roots_value) if self.cache_roots_value else [(self.home / "cache").resolve()]
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """Host header values the server answers (`OBOW_LAB_ALLOWED_HOSTS`, comma-separated, `*` for any);
+        default: localhost, 127.0.0.1, ::1 and the bind host. A page of another site that a DNS-rebinding
+        attack pointed at this address sends its own name, which is not among them. IP literals are
+        always accepted (`server.api.guards`): no DNS name is involved, so nothing can be rebound."""
+        if self.allowed_hosts_value:
+            return [part.strip().lower() for part in self.allowed_hosts_value.split(",") if part.strip()]
+        names = {"localhost", "127.0.0.1", "::1", self.host.lower()}
+        if self.host in ("0.0.0.0", "::", ""):  # every interface: also the machine's own name
+            names.add(socket.gethostname().lower())
+        return sorted(names)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_kb * 1024)
 
     @property
     def db_url(self) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from obow.config import list_presets, preset_dict
 from obow.config.presets import deep_update
@@ -44,7 +44,7 @@ def list_runs(
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Run], int]:
-    query = select(Run)
+    query = select(Run).options(defer(Run.spec))  # lists never show it: a spec is read on demand only
     if state:
         query = query.where(Run.state.in_(state.split(",")))
     if kind:

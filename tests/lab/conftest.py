@@ -29,11 +29,14 @@ from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import Base, Run
 from server.core.settings import Settings
 from server.services import tokens
+from server.services.throttle import LoginThrottle
 from tests.lab import fake_kinds
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[2]
+# Host names the in-process apps answer: TestClient's own ("testserver") and the defaults
+TEST_HOSTS = "testserver,localhost,127.0.0.1,::1"
 
 # The library's own kinds, before the fakes replace export/import for the in-process API tests (whose
 # fake trainer writes JSON "checkpoints"); live tests put the real ones back, as their worker has them.
@@ -100,11 +103,15 @@ class Recorder:
 
 @dataclass
 class Lab:
+    """`client` sends the token on every request, as a script does (reads need it too); `anon` sends no
+    credentials but what it collects itself (a browser: log in with `/login` to get a session)."""
+
     client: TestClient
     settings: Settings
     token: str
     enqueue: Recorder
     url: str
+    anon: TestClient
 
     @property
     def auth(self) -> dict[str, str]:
@@ -129,12 +136,16 @@ def lab(backend, migrated, tmp_path, tmp_path_factory, request) -> Iterator[Lab]
         artifact_root_dir=tmp_path / "artifacts",
         secret_key_value="test-secret",
         max_upload_mb=0.01,
+        allowed_hosts_value=TEST_HOSTS,
     )
     recorder = Recorder()
     app = create_app(settings, enqueue=recorder, sweep_every_s=0)
-    with TestClient(app) as client, app.state.sessionmaker() as session:
+    # the security tests send dozens of wrong tokens on purpose; the back-off itself is test_auth's
+    app.state.login_throttle = LoginThrottle(free=10_000)
+    with TestClient(app) as client, app.state.sessionmaker() as session, TestClient(app) as anon:
         token = tokens.create_token(session, "tests")
-        yield Lab(client, settings, token, recorder, url)
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield Lab(client, settings, token, recorder, url, anon)
 
 
 def upload(lab: Lab, payload: bytes, name: str):

@@ -94,12 +94,12 @@ def test_state_changes_need_a_token(lab):
         ("post", "/api/v1/imports", {"content": b"{}"}),
     ):
         for headers in ({}, {"Authorization": "Bearer obow_wrong"}, {"Authorization": "Basic abc"}):
-            response = getattr(lab.client, method)(path, headers=headers, **kwargs)
+            response = getattr(lab.anon, method)(path, headers=headers, **kwargs)
             assert response.status_code == 401, (path, headers)
     # a dashboard session without its CSRF token is refused too
-    login = lab.client.post("/login", data={"token": lab.token}, follow_redirects=False)
+    login = lab.anon.post("/login", data={"token": lab.token}, follow_redirects=False)
     assert login.status_code == 303
-    assert lab.client.post(f"/api/v1/runs/{run['id']}/cancel").status_code == 403
+    assert lab.anon.post(f"/api/v1/runs/{run['id']}/cancel").status_code == 403
     assert count_rows(lab, "runs") == 1
     assert lab.client.get(f"/api/v1/runs/{run['id']}").json()["state"] == "queued"
 

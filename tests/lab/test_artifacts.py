@@ -130,7 +130,7 @@ def test_oversize_or_unauthorised_upload_writes_nothing(lab):
 
     response = lab.client.post("/api/v1/imports", content=chunked(), headers=headers)
     assert response.status_code == 413
-    assert lab.client.post("/api/v1/imports", content=b"{}").status_code == 401
+    assert lab.anon.post("/api/v1/imports", content=b"{}").status_code == 401
     bad_name = lab.client.post("/api/v1/imports", params={"name": "../x"}, content=b"{}", headers=headers)
     assert bad_name.status_code == 422
     assert count_rows(lab, "runs") == 0 and count_rows(lab, "artifacts") == 0

@@ -7,9 +7,9 @@ generated path parameters hit half of the time. Deterministic (derandomized hypo
 (a fixed number of examples per route and mode), so the file runs in about a minute on two cores; it
 prints how many inputs it tried.
 
-Checks: `not_a_server_error`, `response_schema_conformance`, `content_type_conformance` and
-`response_headers_conformance`. Not `status_code_conformance`: FastAPI documents only the success
-status and 422, while the API's 401/403/404/409/413 are deliberate and tested elsewhere.
+Checks: `not_a_server_error`, `status_code_conformance` (every status answered is documented:
+`server.api.responses`), `response_schema_conformance`, `content_type_conformance` and
+`response_headers_conformance`.
 
 The one narrowing: `GET /runs/{run_id}/events` streams until its run finishes, and the fuzzer's own
 `POST /runs` make queued runs that never do (no worker here), so that route's `run_id` is always the
@@ -32,11 +32,18 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
+    status_code_conformance,
 )
 
 from worker.tasks import execute_run
 
-CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+]
 EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 50}
 STREAMS = ("/api/v1/runs/{run_id}/events",)
 

@@ -20,14 +20,14 @@ from server.services.tokens import create_token
 from server.core.settings import Settings
 
 home = Path(tempfile.mkdtemp())
-settings = Settings(home=home, secret_key_value="x")
+settings = Settings(home=home, secret_key_value="x", allowed_hosts_value="testserver")
 upgrade(settings.db_url)
 with make_sessionmaker(make_engine(settings.db_url))() as session:
     token = create_token(session, "t")
 sent = []
 app = create_app(settings, enqueue=lambda run: sent.append(run.id) or "task", sweep_every_s=0)
-with TestClient(app) as client:
-    auth = {"Authorization": f"Bearer {token}"}
+with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+    auth = {}
     run = client.post("/api/v1/runs", json={"kind": "pretrain", "preset": "FashionMNIST/tiny"}, headers=auth)
     for path in ("/", "/runs/new", "/api/v1/kinds", f"/runs/{run.json()['id']}", "/api/v1/presets"):
         assert client.get(path).status_code == 200, path

@@ -130,9 +130,10 @@ def _snapshot(lab) -> dict[str, Any]:
 
 
 def _send(lab, method: str, path: str, kwargs: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    """Sent as a browser would (`lab.anon`: only the credentials in `headers` and its own cookies)."""
     merged = {**kwargs.get("headers", {}), **headers}
     rest = {k: v for k, v in kwargs.items() if k != "headers"}
-    return lab.client.request(method.upper(), path, headers=merged, **rest)
+    return lab.anon.request(method.upper(), path, headers=merged, **rest)
 
 
 def _login(client: TestClient, token: str) -> str:
@@ -201,7 +202,7 @@ def test_session_needs_the_csrf_header_on_every_state_changing_route(lab, world)
     other = TestClient(lab.client.app)
     with lab.session() as session:
         other_csrf = _login(other, tokens.create_token(session, "other"))
-    csrf = _login(lab.client, lab.token)
+    csrf = _login(lab.anon, lab.token)
     assert other_csrf != csrf
     before = _snapshot(lab)
     for method, path, kwargs in routes:
@@ -241,21 +242,24 @@ def test_dashboard_form_routes_login_and_logout(lab):
     forms = {route.path for route in pages.router.routes if route.methods - {"GET", "HEAD"}}
     assert forms == {"/login", "/logout"}
     before = _snapshot(lab)
-    assert lab.client.post("/login", data={"token": "obow_nope"}).status_code == 401
-    login = lab.client.post("/login", data={"token": lab.token}, follow_redirects=False)
+    browser = lab.anon
+    assert browser.post("/login", data={"token": "obow_nope"}).status_code == 401
+    login = browser.post("/login", data={"token": lab.token}, follow_redirects=False)
     cookie = login.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
-    assert _snapshot(lab) == before  # logging in writes nothing but the token's last use
-    csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', lab.client.get("/").text).group(1)
+    after = _snapshot(lab)  # logging in writes nothing but the token's last use and its session row
+    assert len(after["tables"].pop("web_sessions")) == len(before["tables"].pop("web_sessions")) + 1
+    assert after == before
+    csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', browser.get("/").text).group(1)
     for data, headers in (({}, {}), ({"csrf": "wrong"}, {}), ({}, {"X-CSRF-Token": "0" * 64})):
-        response = lab.client.post("/logout", data=data, headers=headers, follow_redirects=False)
+        response = browser.post("/logout", data=data, headers=headers, follow_redirects=False)
         assert response.status_code == 403, (data, headers)
-        assert SESSION_COOKIE in lab.client.cookies
-    ok = lab.client.post("/logout", headers={"X-CSRF-Token": csrf}, follow_redirects=False)
+        assert SESSION_COOKIE in browser.cookies
+    ok = browser.post("/logout", headers={"X-CSRF-Token": csrf}, follow_redirects=False)
     assert ok.status_code == 303 and f'{SESSION_COOKIE}=""' in ok.headers["set-cookie"]
-    csrf = _login(lab.client, lab.token)
-    assert lab.client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
-    assert SESSION_COOKIE not in lab.client.cookies
+    csrf = _login(browser, lab.token)
+    assert browser.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert SESSION_COOKIE not in browser.cookies
 
 
 # -- tokens ------------------------------------------------------------------------------------------------
@@ -271,16 +275,16 @@ def test_tokens_are_stored_as_sha256_only_and_revocation_is_final(lab):
             for row in session.execute(select(table)):
                 for value in row:
                     assert secret_part not in str(value), (table.name, "holds the token text")
-    csrf = _login(lab.client, token)
+    csrf = _login(lab.anon, token)
     with lab.session() as session:
         session.execute(update(ApiToken).where(ApiToken.token_hash == digest).values(revoked=True))
         session.commit()
-    assert lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers={"Authorization": f"Bearer {token}"}
-                           ).status_code == 401
+    assert lab.anon.post("/api/v1/runs", json={"kind": "faketrain"}, headers={"Authorization": f"Bearer {token}"}
+                         ).status_code == 401
     # the session of a revoked token ends too: the cookie is no session any more
-    response = lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers={"X-CSRF-Token": csrf})
+    response = lab.anon.post("/api/v1/runs", json={"kind": "faketrain"}, headers={"X-CSRF-Token": csrf})
     assert response.status_code == 401
-    assert lab.client.post("/login", data={"token": token}).status_code == 401
+    assert lab.anon.post("/login", data={"token": token}).status_code == 401
     assert lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers=lab.auth).status_code == 201
 
 
@@ -471,29 +475,25 @@ def test_server_binds_to_localhost_unless_told_otherwise(tmp_path):
 def test_session_signing_key_comes_from_the_environment(lab, monkeypatch, tmp_path):
     key = "env-secret-" + "k" * 32
     monkeypatch.setenv("OBOW_LAB_SECRET_KEY", key)
-    settings = Settings(home=tmp_path / "home", database_url=lab.url, artifact_root_dir=tmp_path / "art")
+    settings = Settings(
+        home=tmp_path / "home", database_url=lab.url, artifact_root_dir=tmp_path / "art",
+        allowed_hosts_value="testserver",
+    )
     assert settings.secret_key == key and not (tmp_path / "home" / "secret_key").exists()
     app = create_app(settings, enqueue=Recorder(), sweep_every_s=0)
-    with TestClient(app) as client, lab.session() as session:
-        row = session.scalars(select(ApiToken)).first()
+    with TestClient(app) as client:
         csrf = _login(client, lab.token)
-        assert client.cookies[SESSION_COOKIE] == tokens.session_cookie(key, row)
+        cookie = client.cookies[SESSION_COOKIE]
         assert client.post("/api/v1/runs", json={"kind": "faketrain"}, headers={"X-CSRF-Token": csrf}
                            ).status_code == 201
-        # the same session signed with another key (the lab fixture's) is nobody
-        forged = tokens.session_cookie("test-secret", row)
-        client.cookies.set(SESSION_COOKIE, forged)
-        response = client.post(
-            "/api/v1/runs", json={"kind": "faketrain"},
-            headers={"X-CSRF-Token": tokens.csrf_token("test-secret", forged)},
-        )
+        # the session's stored hash is keyed with the secret key: the same cookie, on an app of the same
+        # database with another key (the lab fixture's), is nobody, and a rotated key ends every session
+        lab.anon.cookies.set(SESSION_COOKIE, cookie)
+        forged_csrf = {"X-CSRF-Token": tokens.csrf_token("test-secret", cookie)}
+        response = lab.anon.post("/api/v1/runs", json={"kind": "faketrain"}, headers=forged_csrf)
         assert response.status_code == 401
-        assert 'name="csrf" content=""' in client.get("/").text
-        # and one from this app is refused by an app with another key
-        lab.client.cookies.set(SESSION_COOKIE, tokens.session_cookie(key, row))
-        assert lab.client.post("/api/v1/runs", json={"kind": "faketrain"},
-                               headers={"X-CSRF-Token": tokens.csrf_token(key, tokens.session_cookie(key, row))}
-                               ).status_code == 401
+        assert lab.anon.get("/", follow_redirects=False).status_code == 303
+        assert 'name="csrf" content=""' in lab.anon.get("/login").text
 
 
 def test_no_secret_in_any_response_or_the_openapi_document(lab, world):

@@ -203,13 +203,15 @@ class Stream:
     ended: bool = False
 
 
-def follow_with_httpx(url: str, run_id: int, out: Stream, deadline: float) -> None:
-    """An SSE client by hand: on a dropped connection, reconnect with the last id it saw."""
+def follow_with_httpx(url: str, run_id: int, out: Stream, deadline: float, token: str) -> None:
+    """An SSE client by hand (a script with its token): on a dropped connection, reconnect with the last
+    id it saw."""
     last = "0-0-0"  # from the start of the run
     while not out.ended and time.monotonic() < deadline:
         try:
             with httpx.stream(
-                "GET", f"{url}/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": last}, timeout=10
+                "GET", f"{url}/api/v1/runs/{run_id}/events", timeout=10,
+                headers={"Last-Event-ID": last, "Authorization": f"Bearer {token}"},
             ) as response:
                 assert response.status_code == 200, response.status_code
                 out.opens += 1
@@ -280,7 +282,9 @@ def test_streams_resume_after_the_server_is_killed_and_restarted(restartable, ne
 
     deadline = time.monotonic() + 50
     by_hand = Stream()
-    reader = threading.Thread(target=follow_with_httpx, args=(server.url, run_id, by_hand, deadline), daemon=True)
+    reader = threading.Thread(
+        target=follow_with_httpx, args=(server.url, run_id, by_hand, deadline, lab.token), daemon=True
+    )
     reader.start()
     outcome: list[str] = []
     worker = threading.Thread(target=lambda: outcome.append(execute_run(run_id, lab.settings)), daemon=True)

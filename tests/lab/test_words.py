@@ -58,7 +58,7 @@ def test_page_of_words_offsets_paging_and_search():
 
 def test_words_child_run_spec_and_queue(lab, tiny_checkpoint):
     parent = _pretrain_row(lab, tiny_checkpoint)
-    assert lab.client.post(f"/api/v1/runs/{parent}/words", json={}).status_code == 401
+    assert lab.anon.post(f"/api/v1/runs/{parent}/words", json={}).status_code == 401
     assert lab.client.post(f"/api/v1/runs/{parent}/words", json={"words": 0}, headers=lab.auth).status_code == 422
     response = lab.client.post(f"/api/v1/runs/{parent}/words", json={}, headers=lab.auth)
     assert response.status_code == 201, response.text

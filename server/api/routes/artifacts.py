@@ -7,14 +7,17 @@ import base64
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from server.api.deps import DbDep, IdPath, SettingsDep
+from server.api.deps import READ_AUTH, DbDep, IdPath, SettingsDep
+from server.api.responses import AUTHENTICATED, BY_ID, errors
 from server.services import artifacts as artifacts_service
 from server.services import words as words_service
 
-router = APIRouter(prefix="/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/artifacts", tags=["artifacts"], dependencies=[READ_AUTH], responses=AUTHENTICATED)
+# a row pointing outside the artifact store is refused (403), a missing row or file is a 404
+FILE = {**BY_ID, **errors(403)}
 
 
-@router.get("/{artifact_id}/download", response_class=FileResponse)
+@router.get("/{artifact_id}/download", response_class=FileResponse, responses=FILE)
 def download(artifact_id: IdPath, db: DbDep, settings: SettingsDep) -> FileResponse:
     """The file with Content-Length, Range support and its sha256 (`X-Content-SHA256`, `Repr-Digest`)."""
     row, path = artifacts_service.file_for_download(db, settings.artifact_root, artifact_id)
@@ -27,7 +30,7 @@ def download(artifact_id: IdPath, db: DbDep, settings: SettingsDep) -> FileRespo
     )
 
 
-@router.get("/{artifact_id}/image", response_class=FileResponse)
+@router.get("/{artifact_id}/image", response_class=FileResponse, responses=FILE)
 def image(artifact_id: IdPath, db: DbDep, settings: SettingsDep) -> FileResponse:
     """A visual-word contact sheet as an inline PNG (the gallery positions patches on it with CSS)."""
     path = words_service.image_for(db, settings.artifact_root, artifact_id)

@@ -6,15 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from server.api.deps import DbDep, EnqueueDep, SettingsDep, TokenDep
+from server.api.deps import READ_AUTH, DbDep, EnqueueDep, SettingsDep, TokenDep
+from server.api.responses import AUTHENTICATED, BODY, WRITE
 from server.core.errors import TooLarge
 from server.schemas import RunOut
 from server.services import imports as imports_service
 
-router = APIRouter(prefix="/imports", tags=["imports"])
+router = APIRouter(prefix="/imports", tags=["imports"], dependencies=[READ_AUTH], responses=AUTHENTICATED)
 
 
-@router.post("", status_code=201, response_model=RunOut)
+@router.post("", status_code=201, response_model=RunOut, responses={**WRITE, **BODY})
 async def create_import(
     request: Request,
     db: DbDep,

@@ -6,12 +6,15 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from obow.config import list_presets, preset_dict
-from server.api.deps import DbDep
+from server.api.deps import READ_AUTH, DbDep
+from server.api.responses import AUTHENTICATED, BY_ID
 from server.core import kinds as kinds_service
 from server.core.errors import NotFound
 from server.schemas import KindOut, PresetOut
 
-router = APIRouter(tags=["meta"])
+router = APIRouter(tags=["meta"], dependencies=[READ_AUTH], responses=AUTHENTICATED)
+# open to anyone (load balancers, `docker compose` health checks): it tells nothing about the runs
+health_router = APIRouter(tags=["meta"])
 
 
 @router.get("/presets", response_model=list[PresetOut])
@@ -19,7 +22,7 @@ def presets() -> list[PresetOut]:
     return [PresetOut(name=n, kind=str(preset_dict(n).get("kind", "pretrain"))) for n in list_presets()]
 
 
-@router.get("/presets/{name:path}")
+@router.get("/presets/{name:path}", responses=BY_ID)
 def preset(name: str) -> dict:
     """The preset's spec values (what the new-run form fills in)."""
     if name not in list_presets():
@@ -40,7 +43,7 @@ def kinds() -> list[KindOut]:
     ]
 
 
-@router.get("/healthz")
+@health_router.get("/healthz")
 def healthz(db: DbDep) -> dict:
     db.execute(text("SELECT 1"))
     return {"status": "ok"}

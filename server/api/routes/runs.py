@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from server.api.deps import DbDep, EnqueueDep, IdPath, SettingsDep, StrictJsonRoute, TokenDep
+from server.api.deps import READ_AUTH, DbDep, EnqueueDep, IdPath, SettingsDep, StrictJsonRoute, TokenDep
+from server.api.responses import AUTHENTICATED, BODY, BY_ID, WRITE, errors
 from server.core import metrics as metrics_service
 from server.schemas import (
     INT32_MAX,
@@ -25,6 +26,7 @@ from server.schemas import (
     RunDetail,
     RunOut,
     RunPage,
+    RunSummary,
     Series,
     WordsCreate,
 )
@@ -35,10 +37,12 @@ from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.services import words as words_service
 
-router = APIRouter(prefix="/runs", tags=["runs"], route_class=StrictJsonRoute)
+router = APIRouter(
+    prefix="/runs", tags=["runs"], route_class=StrictJsonRoute, dependencies=[READ_AUTH], responses=AUTHENTICATED
+)
 
 
-@router.post("", status_code=201, response_model=RunOut)
+@router.post("", status_code=201, response_model=RunOut, responses={**WRITE, **BODY})
 def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
     """Validate the spec (422 names each bad field), store the run, then queue it."""
     run = runs_service.create_run(db, body, settings, enqueue)
@@ -55,10 +59,10 @@ def list_runs(
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> RunPage:
     items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset)
-    return RunPage(items=[RunOut.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
+    return RunPage(items=[RunSummary.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{run_id}", response_model=RunDetail)
+@router.get("/{run_id}", response_model=RunDetail, responses=BY_ID)
 def get_run(run_id: IdPath, db: DbDep) -> RunDetail:
     run = runs_service.get_run(db, run_id)
     children, _ = runs_service.list_runs(db, parent_id=run_id, limit=500)
@@ -67,21 +71,23 @@ def get_run(run_id: IdPath, db: DbDep) -> RunDetail:
         **base,
         attempts=run.attempts,
         artifacts=[artifacts_service.to_out(a) for a in run.artifacts],
-        children=[RunOut.model_validate(c) for c in children],
+        children=[RunSummary.model_validate(c) for c in children],
     )
 
 
-@router.post("/{run_id}/cancel", response_model=RunOut)
+@router.post("/{run_id}/cancel", response_model=RunOut, responses={**WRITE, **BY_ID, **errors(409)})
 def cancel_run(run_id: IdPath, db: DbDep, _: TokenDep) -> RunOut:
     return RunOut.model_validate(runs_service.cancel_run(db, run_id))
 
 
-@router.post("/{run_id}/retry", status_code=201, response_model=RunOut)
+@router.post(
+    "/{run_id}/retry", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **errors(409)}
+)
 def retry_run(run_id: IdPath, db: DbDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
     return RunOut.model_validate(runs_service.retry_run(db, run_id, enqueue))
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsOut)
+@router.get("/{run_id}/metrics", response_model=MetricsOut, responses=BY_ID)
 def get_metrics(
     run_id: IdPath,
     db: DbDep,
@@ -99,7 +105,7 @@ def get_metrics(
     return MetricsOut(run_id=run_id, series=out)
 
 
-@router.get("/{run_id}/logs", response_model=list[LogOut])
+@router.get("/{run_id}/logs", response_model=list[LogOut], responses=BY_ID)
 def get_logs(
     run_id: IdPath,
     db: DbDep,
@@ -113,13 +119,15 @@ def get_logs(
     ]
 
 
-@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut])
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=BY_ID)
 def get_artifacts(run_id: IdPath, db: DbDep) -> list[ArtifactOut]:
     runs_service.get_run(db, run_id)
     return [artifacts_service.to_out(a) for a in artifacts_service.list_for_run(db, run_id)]
 
 
-@router.post("/{run_id}/exports", status_code=201, response_model=RunOut)
+@router.post(
+    "/{run_id}/exports", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **BODY}
+)
 def create_export(
     run_id: IdPath, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
 ) -> RunOut:
@@ -129,7 +137,9 @@ def create_export(
     )
 
 
-@router.post("/{run_id}/words", status_code=201, response_model=RunOut)
+@router.post(
+    "/{run_id}/words", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **BODY}
+)
 def create_words(
     run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
 ) -> RunOut:
@@ -138,7 +148,7 @@ def create_words(
     return RunOut.model_validate(run)
 
 
-@router.get("/{run_id}/words")
+@router.get("/{run_id}/words", responses=BY_ID)
 def get_words(run_id: IdPath, db: DbDep, settings: SettingsDep) -> dict:
     """The newest words child (any state) and, when one has succeeded, its gallery's levels."""
     runs_service.get_run(db, run_id)
@@ -154,7 +164,7 @@ def get_words(run_id: IdPath, db: DbDep, settings: SettingsDep) -> dict:
     }
 
 
-@router.get("/{run_id}/events", response_class=StreamingResponse)
+@router.get("/{run_id}/events", response_class=StreamingResponse, responses=BY_ID)
 async def stream_events(
     run_id: IdPath,
     request: Request,
