@@ -10,6 +10,13 @@
   let run = null;
   let renderPending = false;
   let exportFormats = [];
+  let detailPoller = null; // set below: every reload of the detail goes through it (one in flight)
+  let reloadWanted = false;
+  const reloadDetail = () => {
+    if (!detailPoller) return loadDetail();
+    reloadWanted = true;
+    return detailPoller.now();
+  };
 
   function showActionError(message) { const el = $("action-error"); el.hidden = !message; el.textContent = message || ""; }
 
@@ -149,7 +156,7 @@
     });
     const result = await Lab.api("POST", `/runs/${runId}/exports`, { format: $("export-format").value, options });
     if (!result.ok) { showActionError(result.status === 401 ? "Log in to convert weights." : Lab.errorText(result)); return; }
-    await loadDetail();
+    await reloadDetail();
   }
 
   function subscribe() {
@@ -160,9 +167,9 @@
       const state = JSON.parse(e.data);
       const before = run && run.state;
       renderState(state);
-      if (before !== state.state) loadDetail();
+      if (before !== state.state) reloadDetail();
     });
-    source.addEventListener("end", () => { source.close(); loadDetail(); });
+    source.addEventListener("end", () => { source.close(); reloadDetail(); });
   }
 
   $("cancel").addEventListener("click", async () => {
@@ -179,7 +186,7 @@
     showActionError("");
     const result = await Lab.api("POST", `/runs/${runId}/words`, {});
     if (!result.ok) showActionError(result.status === 401 ? "Log in to generate visual words." : Lab.errorText(result));
-    await loadDetail();
+    await reloadDetail();
   });
   const exportForm = $("export-form");
   if (exportForm) exportForm.addEventListener("submit", (e) => { e.preventDefault(); startExport(); });
@@ -189,13 +196,19 @@
     subscribe(); // from the cursor of the page's render: history and stream overlap, never leave a gap
     await loadExportFormats();
     await Promise.all([loadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
-    // artifacts and child runs change without a state event of this run: refresh them while anything moves
-    setInterval(async () => {
+    // artifacts and child runs change without a state event of this run: refresh them while anything
+    // moves, one request chain in flight, 2 s after the previous answer (longer when slow or failing)
+    detailPoller = Lab.poller(async () => {
       const busy = run && !Lab.terminal(run.state);
       const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
-      if (busy || childBusy) await loadDetail();
+      const wanted = reloadWanted;
+      reloadWanted = false;
+      let ok = true;
+      if (wanted || busy || childBusy) ok = Boolean(await loadDetail());
       if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
-    }, 2000);
+      return ok;
+    }, { interval: 2000 });
+    setTimeout(detailPoller.now, 2000);
     window.addEventListener("resize", () => { for (const { plot, box } of charts.values()) plot.setSize({ width: box.clientWidth, height: 240 }); });
   })();
 })();
