@@ -10,13 +10,9 @@
   let run = null;
   let renderPending = false;
   let exportFormats = [];
-  let detailPoller = null; // set below: every reload of the detail goes through it (one in flight)
+  let detailPoller = null; // set below, before anything loads
   let reloadWanted = false;
-  const reloadDetail = () => {
-    if (!detailPoller) return loadDetail();
-    reloadWanted = true;
-    return detailPoller.now();
-  };
+  const reloadDetail = () => { reloadWanted = true; return detailPoller.now(); };
 
   function showActionError(message) { const el = $("action-error"); el.hidden = !message; el.textContent = message || ""; }
 
@@ -192,23 +188,24 @@
   if (exportForm) exportForm.addEventListener("submit", (e) => { e.preventDefault(); startExport(); });
   $("artifacts").addEventListener("click", (e) => { if (e.target.classList.contains("convert")) startExport(); });
 
+  // The detail (state, attempts, artifacts, children) is only ever loaded through this poller: one request
+  // chain in flight, refreshed 2 s after the previous answer while anything moves (longer when slow or
+  // failing); a state change seen on the stream asks for a reload (after the one in flight, if any).
+  detailPoller = Lab.poller(async () => {
+    const busy = run && !Lab.terminal(run.state);
+    const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
+    const wanted = reloadWanted;
+    reloadWanted = false;
+    let ok = true;
+    if (wanted || busy || childBusy) ok = Boolean(await loadDetail());
+    if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
+    return ok;
+  }, { interval: 2000 });
+
   (async () => {
     subscribe(); // from the cursor of the page's render: history and stream overlap, never leave a gap
     await loadExportFormats();
-    await Promise.all([loadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
-    // artifacts and child runs change without a state event of this run: refresh them while anything
-    // moves, one request chain in flight, 2 s after the previous answer (longer when slow or failing)
-    detailPoller = Lab.poller(async () => {
-      const busy = run && !Lab.terminal(run.state);
-      const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
-      const wanted = reloadWanted;
-      reloadWanted = false;
-      let ok = true;
-      if (wanted || busy || childBusy) ok = Boolean(await loadDetail());
-      if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
-      return ok;
-    }, { interval: 2000 });
-    setTimeout(detailPoller.now, 2000);
+    await Promise.all([reloadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
     window.addEventListener("resize", () => { for (const { plot, box } of charts.values()) plot.setSize({ width: box.clientWidth, height: 240 }); });
   })();
 })();
