@@ -224,7 +224,8 @@ def test_lab_up_uses_its_folder_and_replaces_a_killed_worker(start_up):
         assert attempt["pid"] == second
         print(
             f"worker SIGKILLed: /healthz degraded after {degraded_after:.1f} s, a new worker in /healthz after "
-            f"{back_after:.1f} s, the run submitted meanwhile succeeded {time.monotonic() - killed_at:.1f} s after the kill"
+            f"{back_after:.1f} s, the run submitted meanwhile succeeded "
+            f"{time.monotonic() - killed_at:.1f} s after the kill"
         )
 
     up.proc.send_signal(signal.SIGTERM)
@@ -240,7 +241,8 @@ def test_every_way_of_stopping_lab_up_stops_its_worker(start_up, how):
     up.proc.send_signal(getattr(signal, how))
     up.proc.wait(timeout=60)
     _wait(lambda: not _alive(worker), 30, f"the worker (pid {worker}) outlived lab up stopped by {how}")
-    print(f"{how}: lab up exited {up.proc.returncode}, its worker gone {time.monotonic() - sent:.1f} s after the signal")
+    gone_after = time.monotonic() - sent
+    print(f"{how}: lab up exited {up.proc.returncode}, its worker gone {gone_after:.1f} s after the signal")
     # the worker left in order (a warm shutdown, even when lab up was SIGKILLed): its row is removed
     with sqlite3.connect(up.folder / "lab-data" / "lab.db") as db:
         assert db.execute("SELECT count(*) FROM workers").fetchone() == (0,)
