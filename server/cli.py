@@ -94,7 +94,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the API and dashboard (uvicorn) on a migrated database.
 
     One process is bound by the GIL: the JSON encoding of list and metrics answers competes with the
-    SSE polls for one core, so on a machine with spare cores `--workers 2` or more serves more."""
+    SSE reads for one core, so on a machine with spare cores `--workers 2` or more serves more."""
     import uvicorn
 
     from server.app import create_app
