@@ -1,6 +1,6 @@
 """Load: N concurrent clients for D seconds against the real server (`obow lab serve`, a uvicorn process)
 on a seeded database, while a writer process streams metrics into RUNNING runs, so SSE streams carry
-traffic. Compares variants (database, uvicorn workers, SSE poll interval) in one run.
+traffic. Compares variants (database, uvicorn workers, pool size) in one run.
 
     python benchmarks/lab_load.py                                  # 50 clients, 60 s, every variant
     python benchmarks/lab_load.py --clients 20 --duration 10 --variants pg
@@ -72,7 +72,6 @@ VARIANTS = {
     "pg": Variant("pg", "postgresql"),
     "pg-pool5": Variant("pg-pool5", "postgresql", env={"OBOW_LAB_DB_POOL_SIZE": "5"}),
     "pg-2w": Variant("pg-2w", "postgresql", workers=2),
-    "pg-poll1s": Variant("pg-poll1s", "postgresql", env={"OBOW_LAB_SSE_POLL_S": "1.0"}),
     "sqlite": Variant("sqlite", "sqlite"),
     "sqlite-2w": Variant("sqlite-2w", "sqlite", workers=2),
 }

@@ -11,8 +11,9 @@ import sys
 PR_SET_PDEATHSIG = 1
 
 
-def exit_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+def exit_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` (SIGKILL) to this process when its parent dies (Linux; elsewhere a
+    no-op).
 
     A training rank or a run's process whose parent was killed would otherwise keep a GPU busy, or block
     for half an hour in a collective that will never complete.
@@ -20,7 +21,7 @@ def exit_with_parent(parent_pid: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         os._exit(1)

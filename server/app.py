@@ -20,6 +20,7 @@ from server.core.queue import CeleryEnqueuer
 from server.core.resources import lab_dir
 from server.core.settings import Settings
 from server.pages import router as pages_router
+from server.services.notifier import RunNotifier
 from server.services.redelivery import Redelivery
 from server.services.runs import Enqueue, sweep_lost
 from server.services.throttle import LoginThrottle
@@ -76,6 +77,7 @@ def create_app(
         yield
         if task is not None:
             task.cancel()
+        app.state.notifier.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -92,6 +94,7 @@ def create_app(
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.enqueue = enqueue or CeleryEnqueuer(settings.celery_broker_url)
     app.state.login_throttle = LoginThrottle()
+    app.state.notifier = RunNotifier(settings.db_url)  # wakes SSE streams when their run's rows change
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, err: ServiceError) -> JSONResponse:

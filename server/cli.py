@@ -16,6 +16,13 @@ import click
 
 from server.core.settings import Settings
 
+# uvloop's event loop and httptools' HTTP parser (uvicorn[standard]): less CPU per request and per SSE
+# message than asyncio's loop and h11, which is most of what the API does under load.
+FAST_SERVER = {"loop": "uvloop", "http": "httptools"}
+# `python -m worker` started by `lab up` reads its parent's pid here and asks the kernel for SIGTERM when
+# that parent dies, so even a SIGKILLed `lab up` leaves no worker behind.
+PARENT_PID_ENV = "OBOW_LAB_PARENT_PID"
+
 
 class LabError(click.ClickException):
     exit_code = 2
@@ -152,7 +159,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the API and dashboard (uvicorn) on a migrated database.
 
     One process is bound by the GIL: the JSON encoding of list and metrics answers competes with the
-    SSE polls for one core, so on a machine with spare cores `--workers 2` or more serves more."""
+    SSE reads for one core, so on a machine with spare cores `--workers 2` or more serves more."""
     import uvicorn
 
     from server.app import create_app
@@ -165,7 +172,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
             app = create_app(settings)
         except DatabaseNotMigrated as err:
             raise LabError(str(err)) from None
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", **FAST_SERVER)
         return
     engine = make_engine(settings.db_url)  # refuse here, once, rather than in every worker process
     try:
@@ -174,7 +181,10 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         raise LabError(str(err)) from None
     finally:
         engine.dispose()
-    uvicorn.run("server.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    uvicorn.run(
+        "server.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning",
+        **FAST_SERVER,
+    )
 
 
 @lab.command("worker")
@@ -254,8 +264,9 @@ class WorkerKeeper:
     started again after a back-off (1 s, doubling to 60 s; reset once a worker has lived a minute), and
     each restart is logged. `stop()` ends it with a warm shutdown (SIGTERM), then SIGKILL."""
 
-    def __init__(self, command: list[str], log=None) -> None:
+    def __init__(self, command: list[str], log=None, env: dict[str, str] | None = None) -> None:
         self._command = command
+        self._env = env
         self._log = log or (lambda message: click.echo(message, err=True))
         self._stopping = threading.Event()
         self.process: subprocess.Popen | None = None
@@ -263,8 +274,13 @@ class WorkerKeeper:
         self._thread = threading.Thread(target=self._keep, name="worker-keeper", daemon=True)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self._command)
+        self.process = self._spawn()
         self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        """In a process group of its own: a Ctrl-C in the terminal reaches `lab up` only, which stops the
+        worker in order (instead of the worker exiting at once and being restarted during the shutdown)."""
+        return subprocess.Popen(self._command, env=self._env, process_group=0)
 
     def _keep(self) -> None:
         backoff, started = 1.0, time.monotonic()
@@ -280,8 +296,9 @@ class WorkerKeeper:
                 return
             backoff = min(60.0, backoff * 2)
             started = time.monotonic()
-            self.process = subprocess.Popen(self._command)
+            self.process = self._spawn()
             self.restarts += 1
+            self._log(f"obow lab: started a new worker (pid {self.process.pid}, restart {self.restarts})")
 
     def stop(self, timeout_s: float = 30) -> None:
         self._stopping.set()
@@ -310,8 +327,9 @@ def _exit_text(code: int | None) -> str:
 def up(host: str | None, port: int | None) -> None:
     """Everything on this machine: migrate, start one worker and the API, print the URL and a token.
 
-    The worker is kept alive (restarted with a back-off if it dies); Ctrl-C or SIGTERM stops the API
-    and the worker."""
+    The worker is kept alive (restarted with a back-off if it dies); Ctrl-C, SIGTERM or SIGHUP (the
+    terminal closed) stops the API and the worker, and a `lab up` killed outright takes its worker with
+    it (the kernel sends it SIGTERM when its parent dies)."""
     import uvicorn
 
     from server.app import create_app
@@ -321,19 +339,32 @@ def up(host: str | None, port: int | None) -> None:
     upgrade(settings.db_url)
     value = _create_token(settings, "lab up")
     host, port = host or settings.host, port or settings.port
-    keeper = WorkerKeeper(worker_command(["gpu", "cpu"], "local", "solo", "WARNING"))
+    command = worker_command(["gpu", "cpu"], "local", "solo", "WARNING")
+    keeper = WorkerKeeper(command, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+    server: uvicorn.Server | None = None
+    stopping = threading.Event()
 
-    def terminate(*_: object) -> None:
-        raise SystemExit(0)  # unwinds through uvicorn (which re-raises the signal it caught) to `finally`
+    def terminate(signum: int, _frame: object) -> None:
+        """Every way of stopping ends in `finally` below. While uvicorn serves it handles SIGINT and
+        SIGTERM itself and raises them again once it has shut down, which lands here; SIGHUP it ignores,
+        so here it asks uvicorn to shut down the same way."""
+        stopping.set()
+        if server is not None:
+            server.should_exit = True
+        else:
+            raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, terminate)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, terminate)
     keeper.start()
     try:
         app = create_app(settings)
         click.echo(f"OBoW Lab: http://{host}:{port}/   (API docs: http://{host}:{port}/api/docs)")
         click.echo(f"API token (log in on the dashboard with it; shown once): {value}")
         click.echo(f"data: {settings.home.resolve()}   stop: Ctrl-C")
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", **FAST_SERVER))
+        if not stopping.is_set():
+            server.run()
     finally:
         keeper.stop()
 

@@ -6,6 +6,7 @@ never imports the worker."""
 from __future__ import annotations
 
 import os
+import signal
 
 import click
 
@@ -16,6 +17,11 @@ import click
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--name", default="worker", show_default=True, help="node name prefix")
 def main(queues: str, pool: str, loglevel: str, name: str) -> None:
+    parent = os.environ.pop("OBOW_LAB_PARENT_PID", "")
+    if parent.isdigit():  # started by `obow lab up`: a warm shutdown when it dies, however it dies
+        from obow.procs import exit_with_parent
+
+        exit_with_parent(int(parent), signal.SIGTERM)
     from worker.celery_app import app
 
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -21,6 +21,7 @@ from server.core import artifacts as artifact_store
 from server.core import metrics as metric_store
 from server.core import transitions
 from server.core.models import LogLine, Run, RunState, utcnow
+from server.core.notify import run_changed
 from server.core.text import clean_text
 from worker.supervisor import HANDED_BACK, LOST_RUN
 
@@ -109,6 +110,7 @@ class DbReporter:
         with self._maker() as session:
             if not self._owns(session, version=Run.version + 1):
                 return
+            run_changed(session, self._run_id)
             artifact_store.record(session, self._root, self._run_id, Path(path), kind, meta)
             artifact_store.forget_deleted(session, self._root, self._run_id, kind)
             session.commit()
@@ -200,6 +202,8 @@ class DbReporter:
             metric_store.ingest(session, self._run_id, points)
             if logs:
                 session.execute(insert(LogLine), logs)
+            if points or logs or "version" in values:  # not for a bare heartbeat: no stream shows it
+                run_changed(session, self._run_id)  # the run's SSE streams wake at this commit
             session.commit()
 
     def _supersede(self, session: Session, first_steps: dict[str, int]) -> dict[str, tuple[int, int]]:

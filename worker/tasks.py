@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery import signals
 from sqlalchemy import select
 
 from obow import runs as obow_runs
@@ -29,6 +30,7 @@ from server.core.models import Artifact, Run, RunState
 from server.core.paths import path_errors
 from server.core.queue import RUN_TASK, send_run
 from server.core.settings import Settings
+from server.core.workers import Beater
 from worker.celery_app import app
 from worker.reporter import DbReporter
 from worker.supervisor import HANDED_BACK, LOST_RUN, Outcome, supervise
@@ -234,3 +236,30 @@ def _worker_shutting_down() -> bool:
 def run_task(run_id: int) -> str:
     settings = Settings()
     return execute_run(int(run_id), settings, isolate=settings.isolate_runs, shutting_down=_worker_shutting_down)
+
+
+_beater: Beater | None = None
+
+
+@signals.worker_ready.connect
+def _announce(sender: Any = None, **_: Any) -> None:
+    """The worker consumes its queues now: from here on it keeps its row in `workers` fresh (every
+    quarter lease, like a run's heartbeat), so `/healthz` can tell a live worker from a dead one."""
+    global _beater
+    settings = Settings()
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    name = sender.hostname if sender is not None else f"worker.{os.getpid()}@{socket.gethostname()}"
+    _beater = Beater(
+        _maker(settings), name, socket.gethostname(), os.getpid(), queues,
+        heartbeat_interval(settings.heartbeat_timeout_s),
+    )
+    _beater.start()
+
+
+@signals.worker_shutdown.connect
+def _retire(**_: Any) -> None:
+    """A clean shutdown removes the worker's row (a killed worker's row stops being refreshed instead)."""
+    global _beater
+    if _beater is not None:
+        _beater.stop()
+        _beater = None

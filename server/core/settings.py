@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     db_pool_size: int | None = Field(
         None, gt=0, validation_alias=AliasChoices("OBOW_LAB_DB_POOL_SIZE")
     )  # PostgreSQL connections the API keeps open (server.core.db.PG_POOL_SIZE when unset)
-    sse_poll_s: float = Field(0.25, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S"))
+    # SSE streams wake when their run's rows change (PostgreSQL LISTEN/NOTIFY, in-process commits, the
+    # SQLite file watch); this is only the safety net: a stream re-reads this often on its own.
+    sse_poll_s: float = Field(2.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_SSE_POLL_S"))
     # reads (API GETs, SSE, downloads, pages) need a token or a session unless this is set
     public_read: bool = Field(False, validation_alias=AliasChoices("OBOW_LAB_PUBLIC_READ"))
     allowed_hosts_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_ALLOWED_HOSTS"))

@@ -27,6 +27,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from server.core.models import TERMINAL_STATES, Attempt, Run, RunEvent, RunState, utcnow
+from server.core.notify import run_changed
 from server.core.text import clean_text
 
 MAX_ERROR_CHARS = 20_000
@@ -45,6 +46,9 @@ def _event(
     cause: str,
     attempt_id: int | None = None,
 ) -> None:
+    """The event row of a transition; also wakes the run's live streams at the commit (every transition
+    changes what they show: state, cancel flag, error)."""
+    run_changed(session, run_id)
     session.execute(
         insert(RunEvent).values(
             run_id=run_id,

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from server.core import transitions
 from server.core.models import WAITING_STATES, LogLine, Run
+from server.core.notify import run_changed
 from server.services.runs import Enqueue
 
 log = logging.getLogger("obow.lab")
@@ -48,6 +49,7 @@ class Redelivery:
                 continue
             if not transitions.requeue(session, run_id, task_id, "the broker no longer held its message"):
                 continue  # claimed meanwhile: the duplicate message finds it taken and does nothing
+            run_changed(session, run_id)
             session.execute(
                 insert(LogLine),
                 [

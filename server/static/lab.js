@@ -67,6 +67,35 @@ const Lab = {
     return pick ? `${pick} ${Lab.num(last[pick])}` : "";
   },
 
+  // Calls `task` (async; resolves true on success) over and over with ONE call in flight: the next one
+  // starts `interval` ms after the previous one ended, never on a clock that fires regardless. A failure or
+  // an answer slower than `slow` ms doubles the pause (up to `max`); a quick success resets it. `now()`
+  // asks for a call at once, or right after the one in flight (a filter changed mid-request). While the
+  // page is hidden nothing is fetched; it refreshes when it is shown again.
+  poller(task, { interval = 3000, max = 60000, slow = 1000 } = {}) {
+    let timer = null, running = null, again = false, pause = interval;
+    async function tick() {
+      clearTimeout(timer);
+      timer = null;
+      if (running) { again = true; return running; }
+      if (document.hidden) { timer = setTimeout(tick, interval); return; }
+      again = false;
+      running = (async () => {
+        const started = performance.now();
+        let ok = false;
+        try { ok = await task(); } catch (_) { ok = false; }
+        const quick = ok && performance.now() - started < slow;
+        pause = quick ? interval : Math.min(max, Math.max(interval, pause * 2));
+      })();
+      await running;
+      running = null;
+      if (again) return tick();
+      timer = setTimeout(tick, pause);
+    }
+    document.addEventListener("visibilitychange", () => { if (!document.hidden && !running) tick(); });
+    return { now: tick, pause: () => pause };
+  },
+
   progressPct(run) {
     if (run.state === "succeeded") return 100;
     return run.progress_total ? Math.min(100, (100 * run.progress_done) / run.progress_total) : 0;

@@ -10,6 +10,9 @@
   let run = null;
   let renderPending = false;
   let exportFormats = [];
+  let detailPoller = null; // set below, before anything loads
+  let reloadWanted = false;
+  const reloadDetail = () => { reloadWanted = true; return detailPoller.now(); };
 
   function showActionError(message) { const el = $("action-error"); el.hidden = !message; el.textContent = message || ""; }
 
@@ -161,7 +164,7 @@
     });
     const result = await Lab.api("POST", `/runs/${runId}/exports`, { format: $("export-format").value, options });
     if (!result.ok) { showActionError(result.status === 401 ? "Log in to convert weights." : Lab.errorText(result)); return; }
-    await loadDetail();
+    await reloadDetail();
   }
 
   function subscribe() {
@@ -172,9 +175,9 @@
       const state = JSON.parse(e.data);
       const before = run && run.state;
       renderState(state);
-      if (before !== state.state) loadDetail();
+      if (before !== state.state) reloadDetail();
     });
-    source.addEventListener("end", () => { source.close(); loadDetail(); });
+    source.addEventListener("end", () => { source.close(); reloadDetail(); });
   }
 
   $("cancel").addEventListener("click", async () => {
@@ -191,23 +194,30 @@
     showActionError("");
     const result = await Lab.api("POST", `/runs/${runId}/words`, {});
     if (!result.ok) showActionError(result.status === 401 ? "Log in to generate visual words." : Lab.errorText(result));
-    await loadDetail();
+    await reloadDetail();
   });
   const exportForm = $("export-form");
   if (exportForm) exportForm.addEventListener("submit", (e) => { e.preventDefault(); startExport(); });
   $("artifacts").addEventListener("click", (e) => { if (e.target.classList.contains("convert")) startExport(); });
 
+  // The detail (state, attempts, artifacts, children) is only ever loaded through this poller: one request
+  // chain in flight, refreshed 2 s after the previous answer while anything moves (longer when slow or
+  // failing); a state change seen on the stream asks for a reload (after the one in flight, if any).
+  detailPoller = Lab.poller(async () => {
+    const busy = run && !Lab.terminal(run.state);
+    const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
+    const wanted = reloadWanted;
+    reloadWanted = false;
+    let ok = true;
+    if (wanted || busy || childBusy) ok = Boolean(await loadDetail());
+    if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
+    return ok;
+  }, { interval: 2000 });
+
   (async () => {
     subscribe(); // from the cursor of the page's render: history and stream overlap, never leave a gap
     await loadExportFormats();
-    await Promise.all([loadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
-    // artifacts and child runs change without a state event of this run: refresh them while anything moves
-    setInterval(async () => {
-      const busy = run && !Lab.terminal(run.state);
-      const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
-      if (busy || childBusy) await loadDetail();
-      if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
-    }, 2000);
+    await Promise.all([reloadDetail(), loadHistory(), Lab.api("GET", `/runs/${runId}/logs?limit=300`).then((r) => r.ok && appendLogs(r.data))]);
     window.addEventListener("resize", () => { for (const { plot, box } of charts.values()) plot.setSize({ width: box.clientWidth, height: 240 }); });
   })();
 })();

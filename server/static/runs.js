@@ -29,14 +29,17 @@
     const data = new FormData(filters);
     for (const [k, v] of data) if (v) params.set(k, v);
     const result = await Lab.api("GET", `/runs?${params}`);
-    if (!result.ok) { count.textContent = Lab.errorText(result); return; }
+    if (!result.ok) { count.textContent = Lab.errorText(result); return false; }
     const page = result.data;
     body.innerHTML = page.items.length ? page.items.map(row).join("")
       : `<tr><td colspan="8" class="muted">No runs. <a href="/runs/new">Launch one.</a></td></tr>`;
     count.textContent = page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "";
     prev.disabled = offset === 0;
     next.disabled = offset + pageSize >= page.total;
+    return true;
   }
+  // one list request in flight at a time, every 3 s after the last answer, backing off when slow or failing
+  const poller = Lab.poller(refresh, { interval: 3000 });
 
   body.addEventListener("change", (event) => {
     if (!event.target.classList.contains("pick")) return;
@@ -45,9 +48,9 @@
     compareButton.disabled = selected.size === 0;
   });
   compareButton.addEventListener("click", () => { location.href = `/compare?ids=${[...selected].join(",")}`; });
-  filters.addEventListener("change", () => { offset = 0; refresh(); });
-  prev.addEventListener("click", () => { offset = Math.max(0, offset - pageSize); refresh(); });
-  next.addEventListener("click", () => { offset += pageSize; refresh(); });
+  filters.addEventListener("change", () => { offset = 0; poller.now(); });
+  prev.addEventListener("click", () => { offset = Math.max(0, offset - pageSize); poller.now(); });
+  next.addEventListener("click", () => { offset += pageSize; poller.now(); });
   const importForm = document.getElementById("import-form");
   if (importForm) {
     importForm.addEventListener("submit", async (event) => {
@@ -67,6 +70,5 @@
       status.textContent = Lab.errorText({ status: response.status, data });
     });
   }
-  refresh();
-  setInterval(refresh, 3000);
+  poller.now();
 })();

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from obow.config import list_presets, preset_dict
-from server.api.deps import READ_AUTH, DbDep
+from server.api.deps import READ_AUTH, DbDep, SettingsDep
 from server.api.responses import AUTHENTICATED, BY_ID
 from server.core import kinds as kinds_service
+from server.core import workers as worker_rows
 from server.core.errors import NotFound
+from server.core.queue import QUEUES
 from server.schemas import KindOut, PresetOut
 
 router = APIRouter(tags=["meta"], dependencies=[READ_AUTH], responses=AUTHENTICATED)
@@ -43,7 +48,23 @@ def kinds() -> list[KindOut]:
     ]
 
 
-@health_router.get("/healthz")
-def healthz(db: DbDep) -> dict:
+class QueueHealthOut(BaseModel):
+    last_seen_at: str | None  # ISO time of the freshest beat of a worker consuming the queue; null: never
+    workers: int  # workers of the queue seen within the heartbeat lease
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    queues: dict[str, QueueHealthOut]
+
+
+@health_router.get("/healthz", response_model=HealthOut)
+def healthz(db: DbDep, settings: SettingsDep) -> HealthOut:
+    """`ok` when the database answers and every queue has a worker seen within the heartbeat lease
+    (`OBOW_LAB_HEARTBEAT_TIMEOUT_S`); `degraded` (still HTTP 200: the API itself serves, and a load
+    balancer must not take it out of rotation because a GPU node is down) when a queue has none, so runs
+    sent to it wait. A database that does not answer is a 500."""
     db.execute(text("SELECT 1"))
-    return {"status": "ok"}
+    health = worker_rows.queue_health(db, QUEUES, settings.heartbeat_timeout_s)
+    status = "ok" if all(h.workers for h in health.values()) else "degraded"
+    return HealthOut(status=status, queues={q: QueueHealthOut(**h.as_dict()) for q, h in health.items()})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -36,6 +38,9 @@ from server.services import exports as exports_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.services import words as words_service
+
+# A stream reads at most this often however often the run's writer commits (see stream_events).
+SSE_MIN_GAP_S = 0.05
 
 router = APIRouter(
     prefix="/runs", tags=["runs"], route_class=StrictJsonRoute, dependencies=[READ_AUTH], responses=AUTHENTICATED
@@ -196,28 +201,43 @@ async def stream_events(
             return events_service.poll(session, run_id, cursor)
 
     cursor = await run_in_threadpool(first_cursor)
+    notifier = request.app.state.notifier
 
     async def body() -> AsyncIterator[str]:
+        """Read, send, then sleep until the run's rows change (a notification) or the safety-net poll
+        interval passes. The event is cleared before each read, so a change committed during the read
+        wakes the next wait at once: nothing is missed between a read and the wait."""
         nonlocal cursor
-        yield "retry: 2000\n\n"
-        idle = 0.0
-        while True:
-            events, cursor, finished = await run_in_threadpool(poll, cursor)
-            for name, data, after in events:
-                yield f"id: {after}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
-            if finished:
-                yield f"id: {cursor}\nevent: end\ndata: {{}}\n\n"
-                return
-            if events:
-                idle = 0.0
-            else:
-                idle += settings.sse_poll_s
-                if idle >= 15:
-                    idle = 0.0
+        woken = notifier.subscribe(run_id)
+        try:
+            yield "retry: 2000\n\n"
+            quiet_since = time.monotonic()
+            while True:
+                woken.clear()
+                read_at = time.monotonic()
+                events, cursor, finished = await run_in_threadpool(poll, cursor)
+                for name, data, after in events:
+                    yield f"id: {after}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
+                if finished:
+                    yield f"id: {cursor}\nevent: end\ndata: {{}}\n\n"
+                    return
+                if events:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= 15:
+                    quiet_since = time.monotonic()
                     yield ": keep-alive\n\n"
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(settings.sse_poll_s)
+                if await request.is_disconnected():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.sse_poll_s):
+                        await woken.wait()
+                # coalesce bursts (a writer committing many times a second): at most one read per
+                # SSE_MIN_GAP_S per stream, the delay it adds is at most that gap
+                gap = SSE_MIN_GAP_S - (time.monotonic() - read_at)
+                if gap > 0:
+                    await asyncio.sleep(gap)
+        finally:
+            notifier.unsubscribe(run_id, woken)
 
     return StreamingResponse(
         body(),
