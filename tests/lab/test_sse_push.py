@@ -97,7 +97,9 @@ def test_a_commit_in_another_process_wakes_the_stream(lab, served):
         assert writer.stdout.readline().strip() == "ready"
         delays, steps = [], []
         with (
-            httpx.Client(base_url=served, timeout=httpx.Timeout(10.0, read=SAFETY_NET_S * 2)) as client,
+            httpx.Client(
+                base_url=served, timeout=httpx.Timeout(10.0, read=SAFETY_NET_S * 2), headers=lab.auth
+            ) as client,
             client.stream("GET", f"/api/v1/runs/{run_id}/events", params={"after": "0-0-0"}) as response,
         ):
                 assert response.status_code == 200
