@@ -170,5 +170,5 @@ class WordsCreate(BaseModel):
 
     words: int = Field(64, ge=1, le=8192)
     patches: int = Field(8, ge=1, le=64)
-    max_images: int = Field(2000, ge=1)
+    max_images: int = Field(2000, ge=1, le=INT32_MAX)
     levels: list[str] | None = None

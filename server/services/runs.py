@@ -3,6 +3,7 @@ through the run state machine (`server.core.transitions`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -67,6 +68,25 @@ def _check_strings(value: Any, loc: tuple[str | int, ...], errors: list[dict[str
             _check_strings(item, (*loc, index), errors)
     elif isinstance(value, str) and clean_text(value) != value:
         errors.append({"loc": list(loc), "msg": "text must not contain NUL or invalid Unicode", "type": "string_type"})
+
+
+INT64 = 2**63
+
+
+def _unstorable_numbers(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, Any]]) -> None:
+    """NaN, infinities and integers beyond 64 bits in a validated spec: whatever a kind's class lets
+    through (`"inf"` parses as a float), no JSON answer, no PostgreSQL json column and no library counter
+    can hold them. The library's spec classes bound every number; this guards any other kind."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _unstorable_numbers(item, (*loc, str(key)), errors)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _unstorable_numbers(item, (*loc, index), errors)
+    elif isinstance(value, float) and not math.isfinite(value):
+        errors.append({"loc": list(loc), "msg": "must be a finite number", "type": "finite_number"})
+    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        errors.append({"loc": list(loc), "msg": "must fit in 64 bits", "type": "int_too_large"})
 
 
 def latest_weights(session: Session, run: Run) -> Artifact | None:
@@ -155,6 +175,10 @@ def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dic
         ) from None
     except ConfigError as err:
         raise invalid(("body", "spec"), str(err)) from None
+    number_errors: list[dict[str, Any]] = []
+    _unstorable_numbers(spec.model_dump(), ("body", "spec"), number_errors)
+    if number_errors:
+        raise Invalid(number_errors)
     return spec.model_dump(mode="json")
 
 

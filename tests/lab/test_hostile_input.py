@@ -10,6 +10,7 @@ field, with nothing stored.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -121,3 +122,91 @@ def test_a_stored_row_that_cannot_be_serialised_never_takes_a_list_down(lab):
         response = lab.client.get(page)
         assert response.status_code == 200, page
     assert "data_dir" in lab.client.get(f"/runs/{parent['id']}").text
+
+
+# -- item 8: numbers ---------------------------------------------------------------------------------
+
+NUMBER_CASES = [
+    # (kind, preset, spec, loc of the 422)
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"num_epochs": 1e26}}, ["optim", "num_epochs"]),
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"num_epochs": 10**30}}, ["optim", "num_epochs"]),
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"lr": "inf"}}, ["optim", "lr"]),
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"lr": "Infinity"}}, ["optim", "lr"]),
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"lr": "nan"}}, ["optim", "lr"]),
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"weight_decay": "-inf"}}, ["optim", "weight_decay"]),
+    ("pretrain", "FashionMNIST/tiny", {"data": {"batch_size": 2**40}}, ["data", "batch_size"]),
+    ("pretrain", "FashionMNIST/tiny", {"data": {"mean": [0.5, "nan", 0.5]}}, ["data", "mean", 1]),
+    ("pretrain", "FashionMNIST/tiny", {"runtime": {"seed": 2**64}}, ["runtime", "seed"]),
+    ("pretrain", "FashionMNIST/tiny", {"runtime": {"time_budget_s": "inf"}}, ["runtime", "time_budget_s"]),
+    ("pretrain", "FashionMNIST/tiny", {"model": {"bow_extractor_opts": {"inv_delta": "inf"}}},
+     ["model", "bow_extractor_opts", "inv_delta"]),
+    ("pretrain", "FashionMNIST/tiny", {"optim": {"lr_schedule": [10**20]}}, ["optim", "lr_schedule", 0]),
+    ("faketrain", None, {"lr": "inf"}, ["lr"]),
+    ("faketrain", None, {"sleep_s": "NaN"}, ["sleep_s"]),
+]
+
+
+@pytest.mark.parametrize("kind,preset,spec,loc", NUMBER_CASES)
+def test_non_finite_and_huge_numbers_are_422s_naming_the_field(lab, kind, preset, spec, loc):
+    body = {"kind": kind, "spec": spec, **({"preset": preset} if preset else {})}
+    response = lab.client.post("/api/v1/runs", json=body, headers=lab.auth)
+    assert response.status_code == 422, response.text
+    locs = [e["loc"] for e in response.json()["detail"]]
+    assert any(found[: 2 + len(loc)] == ["body", "spec", *loc] for found in locs), locs
+    assert count_rows(lab, "runs") == 0 and lab.enqueue.sent == []
+
+
+def test_numbers_of_evaluation_and_words_children_are_bounded(lab):
+    from worker.tasks import execute_run
+
+    parent = lab.client.post("/api/v1/runs", json={"kind": "faketrain", "spec": {"steps": 2}}, headers=lab.auth).json()
+    assert execute_run(parent["id"], lab.settings) == "succeeded"
+    before = count_rows(lab, "runs")
+    for kind, spec, loc in (
+        ("linear", {"epochs": 1e26}, ["epochs"]),
+        ("linear", {"lr": "inf"}, ["lr"]),
+        ("semisup", {"lr_head": "nan"}, ["lr_head"]),
+        ("fewshot", {"episodes": 10**12}, ["episodes"]),
+        ("knn", {"temperature": "Infinity"}, ["temperature"]),
+        ("svm", {"costs": [1.0, "inf"]}, ["costs", 1]),
+        ("knn", {"seed": -1}, ["seed"]),
+    ):
+        response = lab.client.post(
+            "/api/v1/runs", json={"kind": kind, "parent_id": parent["id"], "spec": spec}, headers=lab.auth
+        )
+        assert response.status_code == 422, (kind, response.text)
+        assert response.json()["detail"][0]["loc"][: 2 + len(loc)] == ["body", "spec", *loc], response.text
+    words = lab.client.post(f"/api/v1/runs/{parent['id']}/words", json={"max_images": 2**40}, headers=lab.auth)
+    assert words.status_code == 422 and words.json()["detail"][0]["loc"] == ["body", "max_images"]
+    assert count_rows(lab, "runs") == before
+
+
+def test_every_numeric_field_of_every_spec_class_has_finite_bounds():
+    """Read from the JSON schemas the API publishes (`/kinds`, the form): every integer and number, list
+    items and per-level alternatives included, has a lower and an upper bound."""
+    from tests.lab.conftest import LIBRARY_KINDS
+
+    unbounded = []
+
+    def walk(node, where, defs):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                walk(defs[node["$ref"].split("/")[-1]], where, defs)
+                return
+            if node.get("type") in ("integer", "number"):
+                low = "minimum" in node or "exclusiveMinimum" in node
+                high = "maximum" in node or "exclusiveMaximum" in node
+                if not (low and high):
+                    unbounded.append(where)
+            for key, value in node.items():
+                if key != "$defs":
+                    walk(value, f"{where}.{key}", defs)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]", defs)
+
+    for kind in LIBRARY_KINDS:
+        module, name = LIBRARY_KINDS[kind][0].split(":")
+        schema = getattr(importlib.import_module(module), name).model_json_schema()
+        walk(schema, kind, schema.get("$defs", {}))
+    assert unbounded == []
