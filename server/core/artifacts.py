@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from obow.hashing import sha256_of
 from server.core.errors import Forbidden
 from server.core.models import Artifact
+from server.core.text import clean_json
 
 
 def run_dir(artifact_root: Path, run_id: int) -> Path:
@@ -24,7 +25,9 @@ def run_dir(artifact_root: Path, run_id: int) -> Path:
 
 
 def _json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(meta), default=str))
+    """The library's artifact metadata as every backend stores it: objects as text, NUL, lone
+    surrogates and NaN made storable (a refused row would fail the run's checkpoint write)."""
+    return clean_json(json.loads(json.dumps(dict(meta), default=str)))
 
 
 def record(

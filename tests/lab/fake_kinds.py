@@ -36,6 +36,12 @@ class FakeTrainSpec(BaseModel):
     hang_at: int | None = Field(None, ge=0, description="Sleep hang_s at this step without checking for a stop")
     hang_s: float = Field(0.0, ge=0, le=600)
     die_at: int | None = Field(None, ge=0, description="SIGKILL its own process at this step (an OOM kill)")
+    hostile_text: bool = Field(
+        False, description="Log, name metrics, describe artifacts, fail and return with NUL, lone surrogates, NaN"
+    )
+
+
+HOSTILE = "nul \x00 surrogate \ud800 rtl \u202e emoji \U0001f600"
 
 
 def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -48,9 +54,13 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
         check_stop(reporter)
         if spec.checkpoint_every and step and step % spec.checkpoint_every == 0:
             ckpt.write_text(json.dumps({"step": step, "weights": [0.5] * 64}))
-            reporter.artifact(ckpt, "checkpoint", {"step": step})
+            meta = {"note": HOSTILE, "nan": float("nan"), HOSTILE: 1} if spec.hostile_text else {}
+            reporter.artifact(ckpt, "checkpoint", {"step": step, **meta})
+        if spec.hostile_text:
+            reporter.log(f"step {step}: {HOSTILE}", "warning")
+            reporter.metrics(step, {f"lo\x00ss\ud800{step % 2}": 0.5})
         if spec.fail_at is not None and step == spec.fail_at and start == 0:
-            raise ConfigError(f"fail_at reached at step {step}")
+            raise ConfigError(f"fail_at reached at step {step}" + (f": {HOSTILE}" if spec.hostile_text else ""))
         if spec.hang_at is not None and step == spec.hang_at:
             time.sleep(spec.hang_s)  # a long step that never looks at the cancel flag
         if spec.die_at is not None and step == spec.die_at:
@@ -63,6 +73,8 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
             time.sleep(spec.sleep_s)
     ckpt.write_text(json.dumps({"step": spec.steps, "weights": [0.5] * 64}))
     reporter.artifact(ckpt, "checkpoint", {"epoch": 1})
+    if spec.hostile_text:
+        return {"final_loss": 1.0 / spec.steps, "note": HOSTILE, HOSTILE: [float("nan"), float("inf")]}
     return {"final_loss": 1.0 / spec.steps}
 
 
