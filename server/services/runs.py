@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from obow.config import list_presets, preset_dict
 from obow.config.presets import deep_update
 from obow.errors import ConfigError
+from server.core import artifacts as artifact_store
 from server.core import kinds as kinds_service
 from server.core import transitions
 from server.core.errors import Conflict, Invalid, NotFound, invalid
@@ -103,6 +105,21 @@ def latest_weights(session: Session, run: Run) -> Artifact | None:
     return None
 
 
+def pinned_weights(session: Session, parent: Run, settings: Settings, tries: int = 5) -> Path:
+    """The parent's newest weights, pinned for the child (`artifacts.pin`): a still-running pretraining
+    deletes the file when it writes the next checkpoint, which must not fail the child later. If the file
+    goes between the lookup and the link, the (then newer) newest one is taken."""
+    for _ in range(tries):
+        weights = latest_weights(session, parent)
+        if weights is None:
+            raise invalid(("body", "parent_id"), f"run {parent.id} has no checkpoint yet")
+        try:
+            return artifact_store.pin(settings.artifact_root, weights.path, weights.sha256)
+        except (FileNotFoundError, ValueError):
+            session.expire_all()  # the parent wrote a newer checkpoint meanwhile: look again
+    raise Conflict(f"run {parent.id} replaced its checkpoint {tries} times while it was being pinned; try again")
+
+
 def runs_with_weights(session: Session, limit: int = 100) -> list[Run]:
     """Recent runs an evaluation or export can start from (they have a checkpoint or a backbone)."""
     ids = (
@@ -157,10 +174,7 @@ def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dic
             raise invalid(("body", "parent_id"), f"run {body.parent_id} does not exist")
         if weights_field is None:
             raise invalid(("body", "parent_id"), f"a '{body.kind}' run does not start from a parent")
-        weights = latest_weights(session, parent)
-        if weights is None:
-            raise invalid(("body", "parent_id"), f"run {parent.id} has no checkpoint yet")
-        data[weights_field] = str(settings.artifact_root / weights.path)
+        data[weights_field] = str(pinned_weights(session, parent, settings))
     elif weights_field is not None and cls.model_fields[weights_field].is_required():
         raise invalid(("body", "parent_id"), f"a '{body.kind}' run needs parent_id (a run with a checkpoint)")
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from obow import runs
 from obow.config.kinds import KindInfo, PathField, PathRoot
 from obow.errors import ConfigError
+from obow.io.atomic import write_text_atomic
 from obow.reporting import Reporter, check_stop
 
 
@@ -36,6 +37,10 @@ class FakeTrainSpec(BaseModel):
     hang_at: int | None = Field(None, ge=0, description="Sleep hang_s at this step without checking for a stop")
     hang_s: float = Field(0.0, ge=0, le=600)
     die_at: int | None = Field(None, ge=0, description="SIGKILL its own process at this step (an OOM kill)")
+    rotate: bool = Field(
+        False, description="Checkpoint as the real trainer does: a new file each time (written atomically), "
+        "the previous one deleted"
+    )
     hostile_text: bool = Field(
         False, description="Log, name metrics, describe artifacts, fail and return with NUL, lone surrogates, NaN"
     )
@@ -52,7 +57,14 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
         reporter.log(f"resuming from step {start}")
     for step in range(start, spec.steps):
         check_stop(reporter)
-        if spec.checkpoint_every and step and step % spec.checkpoint_every == 0:
+        if spec.checkpoint_every and step and step % spec.checkpoint_every == 0 and spec.rotate:
+            previous = sorted(out_dir.glob("checkpoint_*.json"))
+            rotated = out_dir / f"checkpoint_{step:06d}.json"
+            write_text_atomic(rotated, json.dumps({"step": step, "weights": [step / 1000] * 64}))
+            reporter.artifact(rotated, "checkpoint", {"step": step})
+            for old in previous:
+                old.unlink()
+        elif spec.checkpoint_every and step and step % spec.checkpoint_every == 0:
             ckpt.write_text(json.dumps({"step": step, "weights": [0.5] * 64}))
             meta = {"note": HOSTILE, "nan": float("nan"), HOSTILE: 1} if spec.hostile_text else {}
             reporter.artifact(ckpt, "checkpoint", {"step": step, **meta})
