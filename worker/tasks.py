@@ -189,7 +189,15 @@ def run_attempt(
     supervisor asks for a hand-off (stop at the next step, checkpointed, and go back to the queue)."""
     root = settings.artifact_root
     out_dir = run_dir(root, run_id)
-    reporter = DbReporter(maker, run_id, attempt_id, root, heartbeat_s=heartbeat_s)
+    reporter = DbReporter(
+        maker,
+        run_id,
+        attempt_id,
+        root,
+        heartbeat_s=heartbeat_s,
+        watched_disks=settings.watched_disks,
+        min_free_bytes=int(settings.min_free_mb * 2**20),
+    )
     state, error, result = "succeeded", None, None
     try:
         reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
