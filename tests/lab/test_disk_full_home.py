@@ -81,8 +81,10 @@ def test_a_full_home_disk_fails_the_run_with_a_reason_shown_on_its_page(full_hom
             assert time.monotonic() < deadline
             time.sleep(0.05)
         fill_leaving(full_home, 2 * 2**20)  # 2 MB left: below the 4 MB the lab keeps
+        filled = time.monotonic()
         worker.join(timeout=60)
         assert outcome == ["failed"]
+        print(f"\nrun failed {time.monotonic() - filled:.2f} s after the disk filled")
 
         with app.state.sessionmaker() as s:
             stored = s.get(Run, run["id"])
