@@ -26,6 +26,7 @@ from server.api.deps import (
 from server.core import kinds as kinds_service
 from server.core.errors import NotFound
 from server.core.resources import lab_dir
+from server.core.text import clean_text, is_clean
 from server.services import events as events_service
 from server.services import runs as runs_service
 from server.services import tokens
@@ -59,7 +60,10 @@ def _context(request: Request, db, settings, **extra: Any) -> dict[str, Any]:
 
 
 def _render(name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(context["request"], name, context, status_code=status)
+    """The page as HTML whose text is always encodable: a stored row holding a lone surrogate (written
+    before the checks, or by hand) shows as U+FFFD instead of failing the whole page with a 500."""
+    html = TEMPLATES.get_template(name).render(context)
+    return HTMLResponse(html if is_clean(html) else clean_text(html), status_code=status)
 
 
 @router.get("/", response_class=HTMLResponse, dependencies=ReaderPage)

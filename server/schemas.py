@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from server.core.text import clean_json
 
 # The integer columns a request's numbers end up compared with: run and artifact ids are 32-bit on
 # PostgreSQL, log ids and metric steps 64-bit. A number beyond them is refused with a 422 here, not
@@ -15,6 +17,27 @@ INT64_MAX = 2**63 - 1
 # Text a query compares with a column: PostgreSQL text cannot hold NUL (its driver raises), and no kind,
 # state or metric key has a control character.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
+def _or(default: Any) -> Any:
+    """Stored values pass `clean_json` on their way out: a row written before the checks (or by hand)
+    with a lone surrogate or a NaN must never make a list or a page answer 500; an unreadable JSON
+    column (None) becomes the field's empty value."""
+    return lambda value: default() if value is None else clean_json(value)
+
+
+# Output fields read from the database (never trusted to be encodable as they are)
+OutText = Annotated[str, BeforeValidator(_or(str))]
+OutOptText = Annotated[str | None, BeforeValidator(clean_json)]
+OutDict = Annotated[dict[str, Any], BeforeValidator(_or(dict))]
+OutOptDict = Annotated[dict[str, Any] | None, BeforeValidator(clean_json)]
+OutKeys = Annotated[list[str], BeforeValidator(_or(list))]
+
+
+def _finite_values(value: Any) -> dict[str, float]:
+    """Latest metric values: only finite numbers (the reporter never stores others)."""
+    cleaned = clean_json(value) if isinstance(value, dict) else {}
+    return {k: v for k, v in cleaned.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 class RunCreate(BaseModel):
@@ -41,13 +64,13 @@ class AttemptOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    worker_host: str
-    gpu: str | None
+    worker_host: OutText
+    gpu: OutOptText
     pid: int
     started_at: datetime
     ended_at: datetime | None
-    outcome: str | None
-    error: str | None
+    outcome: OutOptText
+    error: OutOptText
 
 
 class ArtifactOut(BaseModel):
@@ -55,10 +78,10 @@ class ArtifactOut(BaseModel):
 
     id: int
     run_id: int
-    kind: str
-    format: str | None
-    options: dict[str, Any]
-    name: str
+    kind: OutText
+    format: OutOptText
+    options: OutDict
+    name: OutText
     sha256: str
     size: int
     created_at: datetime
@@ -72,9 +95,9 @@ class RunSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    kind: str
-    name: str
-    preset: str | None
+    kind: OutText
+    name: OutText
+    preset: OutOptText
     parent_id: int | None
     retry_of_id: int | None
     queue: str
@@ -82,10 +105,10 @@ class RunSummary(BaseModel):
     cancel_requested: bool
     progress_done: int
     progress_total: int
-    metric_keys: list[str]
-    last_metrics: dict[str, float]
-    result: dict[str, Any] | None
-    error: str | None
+    metric_keys: OutKeys
+    last_metrics: Annotated[dict[str, float], BeforeValidator(_finite_values)]
+    result: OutOptDict
+    error: OutOptText
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -93,7 +116,7 @@ class RunSummary(BaseModel):
 
 
 class RunOut(RunSummary):
-    spec: dict[str, Any]
+    spec: OutDict
 
 
 class RunDetail(RunOut):
@@ -125,8 +148,8 @@ class MetricsOut(BaseModel):
 class LogOut(BaseModel):
     id: int
     time: float
-    level: str
-    message: str
+    level: OutText
+    message: OutText
 
 
 class PresetOut(BaseModel):
@@ -153,5 +176,5 @@ class WordsCreate(BaseModel):
 
     words: int = Field(64, ge=1, le=8192)
     patches: int = Field(8, ge=1, le=64)
-    max_images: int = Field(2000, ge=1)
+    max_images: int = Field(2000, ge=1, le=INT32_MAX)
     levels: list[str] | None = None

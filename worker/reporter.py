@@ -10,22 +10,29 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from obow.errors import ObowError
 from server.core import artifacts as artifact_store
 from server.core import metrics as metric_store
 from server.core import transitions
 from server.core.models import LogLine, Run, RunState, utcnow
 from server.core.notify import run_changed
+from server.core.space import low_space
 from server.core.text import clean_text
 from worker.supervisor import HANDED_BACK, LOST_RUN
 
 LEVELS = ("debug", "info", "warning", "error")
+
+
+class DiskFull(ObowError):
+    """The lab's disk is (almost) full: the run stops with this reason, while it can still be recorded."""
 
 
 class DbReporter:
@@ -39,7 +46,12 @@ class DbReporter:
         flush_points: int = 5000,
         stop_check_s: float = 1.0,
         heartbeat_s: float | None = 10.0,
+        watched_disks: Sequence[Path] = (),
+        min_free_bytes: int = 0,
     ) -> None:
+        """`watched_disks`, `min_free_bytes`: before storing a batch (and so before every checkpoint, which
+        the library precedes with a flush) the reporter checks those disks and raises `DiskFull` when one
+        has less free space than that."""
         self._maker = maker
         self._run_id = run_id
         self._attempt_id = attempt_id
@@ -58,6 +70,8 @@ class DbReporter:
         self.handoff_requested = False
         self._skipped_keys: set[str] = set()
         self._stored_keys: dict[str, str] = {}  # a metric key as the library gives it -> as it is stored
+        self._watched = list(watched_disks)
+        self._min_free = min_free_bytes
         with maker() as session:
             run = session.get(Run, run_id)
             self._keys: list[str] = list(run.metric_keys or []) if run else []
@@ -165,9 +179,18 @@ class DbReporter:
         ):
             self.flush()
 
-    def flush(self) -> None:
-        """One transaction: points, log lines, progress, latest values, heartbeat."""
+    def _check_space(self) -> None:
+        if self._min_free and self._watched and not self.lost_ownership:
+            reason = low_space(self._watched, self._min_free)
+            if reason is not None:
+                raise DiskFull(reason)
+
+    def flush(self, check_space: bool = True) -> None:
+        """One transaction: points, log lines, progress, latest values, heartbeat. With `check_space`,
+        first the free-space check (DiskFull, with everything still buffered for `close()`)."""
         self._last_flush = time.monotonic()
+        if check_space:
+            self._check_space()
         points, logs, progress = self._points, self._logs, self._progress
         self._points, self._logs, self._progress = [], [], None
         new_keys = sorted({p[0] for p in points} - set(self._keys))
@@ -204,7 +227,15 @@ class DbReporter:
                 session.execute(insert(LogLine), logs)
             if points or logs or "version" in values:  # not for a bare heartbeat: no stream shows it
                 run_changed(session, self._run_id)  # the run's SSE streams wake at this commit
-            session.commit()
+            try:
+                session.commit()
+            except OperationalError as err:  # SQLite on a full disk: say so instead of a driver message
+                if "full" not in str(err).lower():
+                    raise
+                raise DiskFull(
+                    "the database's disk is full: the run's metrics and logs cannot be stored; free space, "
+                    "then retry the run (it resumes from its last checkpoint)"
+                ) from None
 
     def _supersede(self, session: Session, first_steps: dict[str, int]) -> dict[str, tuple[int, int]]:
         """key -> (from step, points dropped) for keys whose earlier points this attempt repeats."""
@@ -243,6 +274,6 @@ class DbReporter:
 
     def close(self) -> None:
         self._beating.set()
-        self.flush()
+        self.flush(check_space=False)  # the last lines (the reason of a DiskFull among them) fit the reserve
         if self._beater is not None:
             self._beater.join(timeout=5)

@@ -22,6 +22,8 @@ from sqlalchemy import select
 from obow import runs as obow_runs
 from obow.config.kinds import PathRoot
 from obow.errors import ObowError, StopRequested
+from obow.hashing import sha256_of
+from obow.io.sums import record_sha256
 from server.core import kinds as kinds_service
 from server.core import transitions
 from server.core.artifacts import inside_root, run_dir
@@ -58,23 +60,34 @@ def claim(maker, run_id: int, heartbeat_timeout_s: float) -> int | None:
     return attempt.id if attempt is not None else None
 
 
-def _seed_from_retry(maker, retry_of_id: int | None, out_dir: Path, root: Path) -> None:
-    """A retried run starts from the old run's latest checkpoint (copied into its empty directory)."""
+def _seed_from_retry(maker, retry_of_id: int | None, out_dir: Path, root: Path, reporter: DbReporter) -> None:
+    """A retried run starts from the old run's newest checkpoint whose bytes still match the sha256
+    recorded when it was written (copied into its empty directory, its digest recorded beside it for the
+    library to check again on load). A corrupt one is skipped with a warning naming it."""
     if retry_of_id is None or any(out_dir.iterdir()):
         return
     with maker() as session:
-        ckpt = session.scalars(
+        candidates = session.scalars(
             select(Artifact)
             .where(Artifact.run_id == retry_of_id, Artifact.kind == "checkpoint")
             .order_by(Artifact.id.desc())
-        ).first()
-    if ckpt is None:
+        ).all()
+    for ckpt in candidates:
+        source = inside_root(root, ckpt.path)
+        if source is None or not source.is_file():
+            continue
+        if sha256_of(source) != ckpt.sha256:
+            reporter.log(
+                f"checkpoint '{ckpt.path}' of run {retry_of_id} is corrupt (its sha256 differs from the one "
+                f"recorded when it was written); trying the previous one",
+                "warning",
+            )
+            continue
+        # a copy, not a hard link: a library that rewrote the file in place would change the old run's artifact
+        target = out_dir / source.name
+        shutil.copy2(source, target)
+        record_sha256(target, ckpt.sha256)
         return
-    source = inside_root(root, ckpt.path)
-    if source is None or not source.is_file():
-        return
-    # a copy, not a hard link: a library that rewrote the file in place would change the old run's artifact
-    shutil.copy2(source, out_dir / source.name)
 
 
 def heartbeat_interval(timeout_s: float) -> float:
@@ -178,13 +191,21 @@ def run_attempt(
     supervisor asks for a hand-off (stop at the next step, checkpointed, and go back to the queue)."""
     root = settings.artifact_root
     out_dir = run_dir(root, run_id)
-    reporter = DbReporter(maker, run_id, attempt_id, root, heartbeat_s=heartbeat_s)
+    reporter = DbReporter(
+        maker,
+        run_id,
+        attempt_id,
+        root,
+        heartbeat_s=heartbeat_s,
+        watched_disks=settings.watched_disks,
+        min_free_bytes=int(settings.min_free_mb * 2**20),
+    )
     state, error, result = "succeeded", None, None
     try:
         reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _seed_from_retry(maker, retry_of_id, out_dir, root.resolve())
+            _seed_from_retry(maker, retry_of_id, out_dir, root.resolve(), reporter)
         except OSError as err:  # a full or read-only artifact root: the run fails and says where
             raise ObowError(
                 f"cannot prepare the run's folder '{out_dir}': {err.strerror or err} (check ARTIFACT_ROOT: "

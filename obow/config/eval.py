@@ -13,7 +13,21 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from obow.config.kinds import KindInfo, PathField, PathRoot
-from obow.config.pretrain import IMAGENET_MEAN, IMAGENET_STD, DatasetName, StrictModel
+from obow.config.pretrain import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_PX,
+    MAX_SCALE,
+    MAX_SEED,
+    DatasetName,
+    Epochs,
+    PixelStat,
+    StrictModel,
+)
 
 GREY_DATASETS = {"FashionMNIST": (0.286, 0.353), "MNIST": (0.1307, 0.3081)}
 
@@ -44,17 +58,23 @@ class EvalSpec(StrictModel):
     test_split: Literal["train", "val", "test"] = Field(
         "val", description="Held-out split; ImageFolder 'test' falls back to val/, IDX 'val' is the test file"
     )
-    subset: int | None = Field(None, ge=1, description="Use only the first N training images of each class")
-    test_subset: int | None = Field(None, ge=1, description="Use only the first N test images of each class")
+    subset: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Use only the first N training images of each class"
+    )
+    test_subset: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Use only the first N test images of each class"
+    )
     # Defaults shown are the default dataset's; unset values follow the chosen dataset (image_defaults).
-    resize: int = Field(40, ge=8, description="Shorter side before the crop (default: per dataset)")
-    size: int = Field(40, ge=8, description="Crop size fed to the network (default: per dataset)")
-    mean: list[float] = Field(default_factory=lambda: [0.286] * 3, min_length=3, max_length=3)
-    std: list[float] = Field(default_factory=lambda: [0.353] * 3, min_length=3, max_length=3)
-    batch_size: int = Field(256, ge=1)
-    workers: int = Field(2, ge=0)
+    resize: int = Field(40, ge=8, le=MAX_PX, description="Shorter side before the crop (default: per dataset)")
+    size: int = Field(40, ge=8, le=MAX_PX, description="Crop size fed to the network (default: per dataset)")
+    mean: list[PixelStat] = Field(default_factory=lambda: [0.286] * 3, min_length=3, max_length=3)
+    std: list[Annotated[float, Field(gt=0, le=10)]] = Field(
+        default_factory=lambda: [0.353] * 3, min_length=3, max_length=3
+    )
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH)
+    workers: int = Field(2, ge=0, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")
     @classmethod
@@ -74,15 +94,19 @@ class EvalSpec(StrictModel):
 class StepOrCosine(StrictModel):
     """Mixin fields of the eval optimisers: SGD with a cosine or a step schedule."""
 
-    epochs: int = Field(100, ge=1)
-    lr: float = Field(10.0, gt=0)
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(10.0, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
-    wd: float = Field(0.0, ge=0, description="Weight decay")
+    wd: float = Field(0.0, ge=0, le=1, description="Weight decay")
     nesterov: bool = False
     cos_schedule: bool = Field(False, description="Cosine decay per epoch instead of the step schedule")
-    schedule: list[int] = Field(default_factory=lambda: [15, 30, 45], description="Step milestones (epochs)")
+    schedule: list[Epochs] = Field(
+        default_factory=lambda: [15, 30, 45], max_length=1000, description="Step milestones (epochs)"
+    )
     lr_decay: float = Field(0.1, gt=0, le=1, description="Factor applied at each milestone")
-    eval_every: int = Field(1, ge=1, description="Evaluate on the test split every N epochs (and at the end)")
+    eval_every: int = Field(
+        1, ge=1, le=MAX_EPOCHS, description="Evaluate on the test split every N epochs (and at the end)"
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -113,10 +137,10 @@ class SemisupSpec(EvalSpec, StepOrCosine):
     """Fine-tune the whole network on a labelled fraction of the training split."""
 
     kind: Literal["semisup"] = "semisup"
-    epochs: int = Field(40, ge=1)
-    lr: float = Field(2e-4, gt=0, description="Learning rate of the backbone")
-    lr_head: float = Field(0.5, gt=0, description="Learning rate of the linear head")
-    schedule: list[int] = Field(default_factory=lambda: [24, 32])
+    epochs: int = Field(40, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(2e-4, gt=0, le=MAX_LR, description="Learning rate of the backbone")
+    lr_head: float = Field(0.5, gt=0, le=MAX_LR, description="Learning rate of the linear head")
+    schedule: list[Epochs] = Field(default_factory=lambda: [24, 32], max_length=1000)
     lr_decay: float = Field(0.2, gt=0, le=1)
     percentage: float = Field(1.0, gt=0, le=100, description="Labelled percentage of each class")
     split_file: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
@@ -134,11 +158,13 @@ class FewshotSpec(EvalSpec):
 
     kind: Literal["fewshot"] = "fewshot"
     split: Literal["train", "val", "test"] = Field("val", description="Split the episodes are drawn from")
-    episodes: int = Field(200, ge=1)
-    n_way: int = Field(50, ge=2)
-    k_shot: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    n_query: int = Field(1, ge=1, description="Query images per class and episode")
-    scale: float = Field(10.0, gt=0, description="Cosine similarity scale of the prototype classifier")
+    episodes: int = Field(200, ge=1, le=1_000_000)
+    n_way: int = Field(50, ge=2, le=100_000)
+    k_shot: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=100
+    )
+    n_query: int = Field(1, ge=1, le=100_000, description="Query images per class and episode")
+    scale: float = Field(10.0, gt=0, le=MAX_SCALE, description="Cosine similarity scale of the prototype classifier")
     novel_classes_file: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
         None, description='JSON {"novel_classes": [names or indices]}'
     )
@@ -157,16 +183,18 @@ class KnnSpec(EvalSpec):
     """Weighted kNN on L2-normalised features (votes exp(cos/T))."""
 
     kind: Literal["knn"] = "knn"
-    k: list[int] = Field(default_factory=lambda: [20], min_length=1)
-    temperature: float = Field(0.07, gt=0)
+    k: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(default_factory=lambda: [20], min_length=1, max_length=100)
+    temperature: float = Field(0.07, gt=0, le=MAX_SCALE)
 
 
 class SvmSpec(EvalSpec):
     """VOC07-style one-vs-rest linear SVMs over a cost grid chosen by k-fold cross-validation (mAP)."""
 
     kind: Literal["svm"] = "svm"
-    costs: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 5.0], min_length=1)
-    folds: int = Field(3, ge=2)
+    costs: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 5.0], min_length=1, max_length=100
+    )
+    folds: int = Field(3, ge=2, le=100)
     normalize: Literal["none", "l2", "bn"] = Field(
         "bn", description="bn: per-dimension standardisation by train statistics (pool5_bn); l2; none (pool5)"
     )
@@ -174,7 +202,7 @@ class SvmSpec(EvalSpec):
         None, description='Multi-label JSON {"classes": [...], "labels": {"<image file name>": [classes]}, '
         '"ignore": {"<image file name>": [classes]} (optional, e.g. VOC difficult)}'
     )
-    max_iter: int = Field(2000, ge=10)
+    max_iter: int = Field(2000, ge=10, le=10_000_000)
 
     @field_validator("costs")
     @classmethod

@@ -20,8 +20,29 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BowLevel = Literal["block3", "block4"]
 
 
+# Finite bounds for every number a spec holds. A spec may come from a request (hostile until validated):
+# a number beyond what the library (torch/numpy seeds, int32 image counts) or a database column can hold
+# must be an error naming the field at submit, not an overflow in the worker hours later. Non-finite
+# floats ("inf", "nan", "Infinity" strings included) are refused by every spec model (allow_inf_nan).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_COUNT = 2**31 - 1  # images, iterations, steps: what an int32 index holds
+MAX_PX = 4_096  # image and crop sizes in pixels
+MAX_LR = 1e4
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
+MAX_WORDS = 1_048_576  # vocabulary size per level
+MAX_SCALE = 1e4  # inverse temperatures, logit scales
+MAX_SECONDS = 1e9
+
+Epochs = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
+Words = Annotated[int, Field(ge=1, le=MAX_WORDS)]
+PixelStat = Annotated[float, Field(ge=-10, le=10)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class FeatureExtractorOpts(StrictModel):
@@ -37,15 +58,15 @@ class FeatureExtractorOpts(StrictModel):
 
 
 class BowExtractorOpts(StrictModel):
-    inv_delta: float | list[float] = Field(10.0, description="Base inverse temperature of the soft assignment")
-    num_words: int | list[int] = Field(8192, description="Vocabulary size K per level")
+    inv_delta: Scale | list[Scale] = Field(10.0, description="Base inverse temperature of the soft assignment")
+    num_words: Words | list[Words] = Field(8192, description="Vocabulary size K per level")
     bow_pool: Literal["max", "avg"] = "max"
     update_type: Literal["local_average", "no_averaging", "global_average"] = "local_average"
     min_distance_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the mean minimum distance")
 
 
 class BowPredictorOpts(StrictModel):
-    kappa: float | list[float] = Field(5.0, description="Fixed scale of the BoW logits")
+    kappa: Scale | list[Scale] = Field(5.0, description="Fixed scale of the BoW logits")
     learn_kappa: bool = False
 
 
@@ -58,7 +79,7 @@ class ModelSpec(StrictModel):
     bow_extractor_opts: BowExtractorOpts = BowExtractorOpts()
     bow_predictor_opts: BowPredictorOpts = BowPredictorOpts()
     num_classes: int | None = Field(
-        1000, ge=1, description="Classes of the detached monitoring linear head (None: no monitor head)"
+        1000, ge=1, le=1_000_000, description="Classes of the detached monitoring linear head (None: no monitor head)"
     )
 
     @field_validator("bow_levels")
@@ -91,16 +112,16 @@ class ModelSpec(StrictModel):
 class OptimSpec(StrictModel):
     optim_type: Literal["sgd"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
     nesterov: bool = False
-    num_epochs: int = Field(80, ge=1)
-    lr: float = Field(0.05, gt=0)
-    end_lr: float = Field(0.0, ge=0)
+    num_epochs: int = Field(80, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(0.05, gt=0, le=MAX_LR)
+    end_lr: float = Field(0.0, ge=0, le=MAX_LR)
     lr_schedule_type: Literal["cos", "cos_warmup", "step_lr"] = "cos"
-    warmup_epochs: int = Field(0, ge=0)
-    lr_schedule: list[int] = Field(default_factory=list, description="Milestone epochs of step_lr")
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
+    lr_schedule: list[Epochs] = Field(default_factory=list, max_length=1000, description="Milestone epochs of step_lr")
     lr_decay: float = Field(0.1, gt=0, le=1)
-    permanent: int | None = Field(None, ge=1, description="Keep every N-th epoch checkpoint")
+    permanent: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Keep every N-th epoch checkpoint")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> OptimSpec:
@@ -119,33 +140,43 @@ class DataSpec(StrictModel):
     data_dir: Annotated[str | None, PathField(PathRoot.DATA)] = Field(
         None, description="Dataset folder (ImageFolder root with train/ and val/, or the IDX files); None: default"
     )
-    batch_size: int = Field(256, ge=1, description="Total batch size over all processes")
-    epoch_size: int | None = Field(None, ge=1, description="Resample the training set to this length")
-    subset: int | None = Field(None, description="Keep the first N images of each class (-1/None: all)")
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="Total batch size over all processes")
+    epoch_size: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Resample the training set to this length"
+    )
+    subset: int | None = Field(
+        None, ge=-1, le=MAX_COUNT, description="Keep the first N images of each class (-1/None: all)"
+    )
     # teacher view
-    teacher_resize: int = Field(256, ge=8)
-    teacher_size: int = Field(224, ge=8)
+    teacher_resize: int = Field(256, ge=8, le=MAX_PX)
+    teacher_size: int = Field(224, ge=8, le=MAX_PX)
     # random resized crops
-    cjitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1], min_length=4, max_length=4)
+    cjitter: list[Annotated[float, Field(ge=0, le=10)]] = Field(
+        default_factory=lambda: [0.4, 0.4, 0.4, 0.1], min_length=4, max_length=4
+    )
     cjitter_p: float = Field(0.8, ge=0, le=1)
     gray_p: float = Field(0.2, ge=0, le=1)
-    gaussian_blur: list[float] | None = Field(default_factory=lambda: [0.1, 2.0])
+    gaussian_blur: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        default_factory=lambda: [0.1, 2.0], max_length=2
+    )
     gaussian_blur_p: float = Field(0.5, ge=0, le=1)
-    num_img_crops: int = Field(2, ge=0)
-    image_crop_size: int = Field(160, ge=8)
-    image_crop_range: list[float] = Field(default_factory=lambda: [0.08, 0.6], min_length=2, max_length=2)
+    num_img_crops: int = Field(2, ge=0, le=64)
+    image_crop_size: int = Field(160, ge=8, le=MAX_PX)
+    image_crop_range: list[Fraction] = Field(default_factory=lambda: [0.08, 0.6], min_length=2, max_length=2)
     # grid patches
     num_img_patches: int = Field(0, ge=0, le=9)
-    img_patch_preresize: int = Field(256, ge=8)
-    img_patch_preresize_range: list[float] = Field(
+    img_patch_preresize: int = Field(256, ge=8, le=MAX_PX)
+    img_patch_preresize_range: list[Fraction] = Field(
         default_factory=lambda: [0.6, 1.0], min_length=2, max_length=2
     )
-    img_patch_size: int = Field(96, ge=4)
-    img_patch_jitter: int = Field(24, ge=0)
+    img_patch_size: int = Field(96, ge=4, le=MAX_PX)
+    img_patch_jitter: int = Field(24, ge=0, le=MAX_PX)
     only_patches: bool = False
     # normalisation
-    mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN), min_length=3, max_length=3)
-    std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD), min_length=3, max_length=3)
+    mean: list[PixelStat] = Field(default_factory=lambda: list(IMAGENET_MEAN), min_length=3, max_length=3)
+    std: list[Annotated[float, Field(gt=0, le=10)]] = Field(
+        default_factory=lambda: list(IMAGENET_STD), min_length=3, max_length=3
+    )
     # held-out split used by the monitor head / kNN monitor
     val_split: Literal["val", "test", "none"] = "val"
 
@@ -173,8 +204,8 @@ class DataSpec(StrictModel):
 class RuntimeSpec(StrictModel):
     """How to run, not what to learn: nothing here changes the method."""
 
-    seed: int = 0
-    workers: int = Field(2, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    workers: int = Field(2, ge=0, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_processes: int = Field(
         1, ge=1, le=64, description="DDP processes on this node (one per GPU; gloo processes on CPU)"
@@ -184,19 +215,27 @@ class RuntimeSpec(StrictModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
-    print_freq: int = Field(50, ge=1)
+    print_freq: int = Field(50, ge=1, le=MAX_COUNT)
     save_every_iters: int | None = Field(
-        None, ge=1, description="Also checkpoint inside an epoch every N iterations (resume granularity)"
+        None, ge=1, le=MAX_COUNT, description="Also checkpoint inside an epoch every N iterations (resume granularity)"
     )
-    max_iters_per_epoch: int | None = Field(None, ge=1, description="Cap on iterations per epoch (smoke runs)")
-    time_budget_s: float | None = Field(None, gt=0, description="Stop cleanly after this many seconds")
-    knn_monitor_every: int | None = Field(None, ge=1, description="kNN accuracy on held-out data every N epochs")
-    health_window: int = Field(50, ge=1, description="Steps over which vocabulary usage is summarised")
+    max_iters_per_epoch: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Cap on iterations per epoch (smoke runs)"
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, le=MAX_SECONDS, description="Stop cleanly after this many seconds"
+    )
+    knn_monitor_every: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="kNN accuracy on held-out data every N epochs"
+    )
+    health_window: int = Field(
+        50, ge=1, le=MAX_COUNT, description="Steps over which vocabulary usage is summarised"
+    )
     collapse_threshold: float = Field(
         0.05, ge=0, le=1, description="Warn when fewer than this share of the words is used in a window"
     )
-    knn_monitor_train_size: int = Field(5000, ge=10)
-    knn_monitor_test_size: int = Field(2000, ge=10)
+    knn_monitor_train_size: int = Field(5000, ge=10, le=MAX_COUNT)
+    knn_monitor_test_size: int = Field(2000, ge=10, le=MAX_COUNT)
 
 
 class PretrainSpec(StrictModel):

@@ -81,7 +81,7 @@ def novel_classes(spec: FewshotSpec, class_names: Sequence[str]) -> list[int]:
     if spec.novel_classes_file:
         path = Path(spec.novel_classes_file)
         try:
-            listed = json.loads(path.read_text())[spec.novel_key]
+            listed = json.loads(path.read_bytes())[spec.novel_key]
         except FileNotFoundError:
             raise ConfigError(f"novel-classes file '{path}' does not exist") from None
         except (ValueError, KeyError, TypeError):
@@ -89,14 +89,14 @@ def novel_classes(spec: FewshotSpec, class_names: Sequence[str]) -> list[int]:
                               f"like {{\"novel_classes\": [...]}}") from None
         where = {name: i for i, name in enumerate(class_names)}
         found: list[int] = []
-        for entry in listed:
+        for position, entry in enumerate(listed):
             if isinstance(entry, int) and 0 <= entry < len(class_names):
                 found.append(entry)
             elif isinstance(entry, str) and entry in where:
                 found.append(where[entry])
-            else:
-                raise ConfigError(f"novel class {entry!r} in '{path}' is neither a class name nor an index "
-                                  f"0..{len(class_names) - 1} of this dataset")
+            else:  # named by position, not quoted: the file is a path from a request
+                raise ConfigError(f"entry {position} of '{spec.novel_key}' in '{path}' is neither a class name "
+                                  f"nor an index 0..{len(class_names) - 1} of this dataset")
         return sorted(set(found))
     count = max(1, round(spec.novel_fraction * len(class_names)))
     rng = np.random.default_rng(spec.seed)

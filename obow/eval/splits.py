@@ -54,30 +54,42 @@ def write_split(path: Path, source: ImageSource, indices: Sequence[int]) -> None
     Path(path).write_text("\n".join(lines) + "\n")
 
 
+def _read_lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} '{path}' is not a UTF-8 text file (byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"{what} '{path}' cannot be read: {err.strerror or type(err).__name__}") from None
+
+
 def read_split(path: Path, source: ImageSource) -> list[int]:
     """Indices named by a split file: file names (SimCLR lists, or our `<index>\\t<name>` lines) matched
-    against the source's image file names, or plain sample indices for in-memory datasets."""
+    against the source's image file names, or plain sample indices for in-memory datasets.
+
+    Errors name the file and line numbers, never what the lines hold: a split file is a path from a
+    request, and quoting it would show whatever file it points at (a worker's environment, a key)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file '{path}' does not exist")
-    entries = [line.strip() for line in path.read_text().splitlines()]
-    entries = [e.split("\t")[-1].strip() for e in entries if e and not e.startswith("#")]
-    if not entries:
+    numbered = [(number, line.strip()) for number, line in enumerate(_read_lines(path, "split file"), 1)]
+    numbered = [(n, e.split("\t")[-1].strip()) for n, e in numbered if e and not e.startswith("#")]
+    if not numbered:
         raise DataError(f"split file '{path}' lists no images")
     names = image_names(source)
     if names is None:
-        try:
-            indices = sorted({int(e) for e in entries})
-        except ValueError:
+        not_numbers = [n for n, e in numbered if not e.lstrip("-").isdigit()]
+        if not_numbers:
             raise DataError(f"split file '{path}' must list sample indices for this in-memory dataset "
-                            f"(it has no file names)") from None
-        bad = [i for i in indices if not 0 <= i < len(source)]
+                            f"(it has no file names); line {not_numbers[0]} is not a number")
+        bad = [n for n, e in numbered if not 0 <= int(e) < len(source)]
         if bad:
-            raise DataError(f"split file '{path}' has indices outside 0..{len(source) - 1}: {bad[:5]}")
-        return indices
+            raise DataError(f"split file '{path}' has indices outside 0..{len(source) - 1} "
+                            f"(lines {', '.join(map(str, bad[:5]))})")
+        return sorted({int(e) for _, e in numbered})
     where = {name: i for i, name in enumerate(names)}
-    missing = [e for e in entries if Path(e).name not in where]
+    missing = [n for n, e in numbered if Path(e).name not in where]
     if missing:
-        raise DataError(f"split file '{path}': {len(missing)} of {len(entries)} images are not in the training "
-                        f"split (first: {', '.join(missing[:3])}); check --data-dir and --subset")
-    return sorted({where[Path(e).name] for e in entries})
+        raise DataError(f"split file '{path}': {len(missing)} of {len(numbered)} images are not in the training "
+                        f"split (lines {', '.join(map(str, missing[:3]))}); check --data-dir and --subset")
+    return sorted({where[Path(e).name] for _, e in numbered})

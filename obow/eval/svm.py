@@ -132,7 +132,7 @@ def label_matrix(source: ImageSource, labels_file: str | None, split: str) -> tu
         return matrix, list(source.classes)
     path = Path(labels_file)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
         classes, labels = list(data["classes"]), dict(data["labels"])
         ignore = dict(data.get("ignore", {}))
     except FileNotFoundError:
@@ -150,11 +150,13 @@ def label_matrix(source: ImageSource, labels_file: str | None, split: str) -> tu
         raise DataError(f"labels file '{path}' has no entry for {len(missing)} {split} images "
                         f"(first: {', '.join(missing[:3])})")
     for row, name in enumerate(names):
-        for value, mapping in ((1, labels), (-1, ignore)):
-            for entry in mapping.get(name, []):
+        for value, mapping, key in ((1, labels, "labels"), (-1, ignore, "ignore")):
+            for position, entry in enumerate(mapping.get(name, [])):
                 col = entry if isinstance(entry, int) else where.get(entry)
                 if col is None or not 0 <= col < len(classes):
-                    raise DataError(f"labels file '{path}': image '{name}' has unknown class {entry!r}")
+                    # the entry itself is not quoted: the file is a path from a request (see read_split)
+                    raise DataError(f"labels file '{path}': {key} entry {position} of image '{name}' is not "
+                                    f"one of its {len(classes)} classes (a name or an index)")
                 matrix[row, col] = value
     return matrix, classes
 

@@ -6,6 +6,12 @@ global iterations, "spec": PretrainSpec as JSON, "model": OBoW state dict (no `m
 "optimizer": SGD state dict, "rng": RNG states}`. A backbone file (`obow-lab/backbone`) holds only a
 torchvision-named backbone state dict and where it came from. Files are read with `weights_only=True`,
 so a checkpoint can never execute code.
+
+Integrity: every checkpoint written with `save_checkpoint` gets its sha256 in the folder's `SHA256SUMS`
+(the `sha256sum` format, so `sha256sum -c SHA256SUMS` checks a folder by hand). Every load verifies a file
+that has an entry there: bytes corrupted after the write (a bad disk, a partial copy, a stray edit) are
+refused with an error naming the file, instead of loading into weights that later fail the run with a
+misleading reason (a NaN loss blamed on the learning rate).
 """
 
 from __future__ import annotations
@@ -16,10 +22,25 @@ from typing import Any
 import torch
 
 from obow.errors import CheckpointError
+from obow.io.atomic import save_atomic
+from obow.io.sums import record_sha256, verify_checkpoint
 
 PRETRAIN_FORMAT = "obow-lab/pretrain"
 BACKBONE_FORMAT = "obow-lab/backbone"
 FORMAT_VERSION = 1
+
+
+def save_checkpoint(payload: Any, path: Path) -> str:
+    """`save_atomic`, then record the file's sha256 for every later load to check; returns the digest.
+    If the digest cannot be recorded (a full disk) the new file is removed again, so the error leaves the
+    folder as it was."""
+    path = Path(path)
+    save_atomic(payload, path)
+    try:
+        return record_sha256(path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
@@ -29,6 +50,7 @@ def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty; delete it and resume from an earlier one")
+    verify_checkpoint(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for bad files

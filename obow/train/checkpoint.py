@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from obow.errors import CheckpointError
+from obow.io.sums import verify_checkpoint
+from obow.reporting import Reporter
+
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)(?:_it(\d+))?\.pt$")
 
 
@@ -30,3 +34,17 @@ def list_checkpoints(exp_dir: Path) -> list[tuple[int, int, Path]]:
 def latest_checkpoint(exp_dir: Path) -> Path | None:
     found = list_checkpoints(exp_dir)
     return found[-1][2] if found else None
+
+
+def usable_checkpoint(exp_dir: Path, reporter: Reporter | None = None) -> Path | None:
+    """The newest checkpoint whose bytes match their recorded sha256. A corrupt one is skipped with a
+    warning naming it, and the run resumes from the one before (which the next save replaces anyway)."""
+    for _, _, path in reversed(list_checkpoints(exp_dir)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            if reporter is not None:
+                reporter.log(f"{err}; resuming from the previous checkpoint instead", "warning")
+            continue
+        return path
+    return None

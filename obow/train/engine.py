@@ -25,13 +25,13 @@ from obow import distributed as dist_utils
 from obow.config.pretrain import PretrainSpec
 from obow.errors import CheckpointError, ConfigError, StopRequested
 from obow.hashing import sha256_of
-from obow.io.atomic import save_atomic, write_atomic
-from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, load_training_checkpoint
+from obow.io.atomic import write_atomic
+from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, load_training_checkpoint, save_checkpoint
 from obow.models.health import UsageWindow, mean_queue_age
 from obow.models.obow import OBoW, build_obow
 from obow.procs import exit_with_parent
 from obow.reporting import NullReporter, Reporter
-from obow.train.checkpoint import checkpoint_name, latest_checkpoint, list_checkpoints
+from obow.train.checkpoint import checkpoint_name, list_checkpoints, usable_checkpoint
 from obow.train.data import PretrainData, build_pretrain_data
 from obow.train.schedules import learning_rate
 
@@ -178,7 +178,7 @@ class Trainer:
         previous = list_checkpoints(self.out_dir)
         self.reporter.flush()  # every point up to this step is stored before the checkpoint exists
         try:
-            save_atomic(payload, path)
+            save_checkpoint(payload, path)  # + its sha256 in SHA256SUMS, checked on every load
         except OSError as err:
             kept = f"; the previous checkpoint '{previous[-1][2].name}' is intact" if previous else ""
             raise CheckpointError(f"cannot write checkpoint '{path}': {err.strerror or err}{kept}") from None
@@ -337,7 +337,7 @@ def _train_process(
         dist_utils.init_process_group(rank, world, backend, init_method or "")
     try:
         trainer = Trainer(spec, out_dir, reporter if rank == 0 else NullReporter(), rank, world)
-        latest = latest_checkpoint(out_dir) if spec.runtime.resume else None
+        latest = usable_checkpoint(out_dir, reporter if rank == 0 else None) if spec.runtime.resume else None
         if latest is not None:
             trainer.restore(latest)
             if rank == 0:

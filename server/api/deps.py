@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from server.core.models import ApiToken
 from server.core.settings import Settings
+from server.core.text import clean_text, is_clean
 from server.schemas import INT32_MAX
 from server.services import tokens
 from server.services.runs import Enqueue
@@ -153,15 +154,50 @@ def _finite_float(text: str) -> float:
     return value if math.isfinite(value) else _not_json(text)
 
 
+def _bad_text(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """The location of the first string (key or value, at any depth) holding NUL or a lone surrogate."""
+    if isinstance(value, str):
+        return None if is_clean(value) else loc
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _bad_text(key, (*loc, clean_text(key))) or _bad_text(item, (*loc, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _bad_text(item, (*loc, index))
+            if found is not None:
+                return found
+    return None
+
+
 class StrictJsonRequest(Request):
     """A request whose JSON body is strict JSON. Python's parser also reads NaN, Infinity and 1e999 (as
     inf), which neither PostgreSQL's json columns nor a JSON response can hold: refused as invalid JSON
-    (422), instead of a 500 when the run is stored, or when a 422 echoing the value is encoded."""
+    (422), instead of a 500 when the run is stored, or when a 422 echoing the value is encoded.
+
+    Text must be valid Unicode without NUL: bytes that are not UTF-8, and `\\ud800`-style escapes that
+    JSON allows but that decode to a lone surrogate, can be neither stored (SQLite, PostgreSQL) nor
+    encoded in any answer (a 422 echoing them would itself fail). They are refused here, before any
+    route code runs, with a 422 naming where they are (the location shows them as U+FFFD)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            text = (await self.body()).decode("utf-8", errors="replace")
-            self._json = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+            raw = await self.body()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise json.JSONDecodeError("the body is not valid UTF-8", "", err.start) from None
+            parsed = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+            where = _bad_text(parsed, ("body",))
+            if where is not None:
+                raise HTTPException(
+                    422,
+                    [{"loc": [clean_text(part) if isinstance(part, str) else part for part in where],
+                      "msg": "text must be valid Unicode without NUL bytes (a lone surrogate such as "
+                      "\\ud800, or \\u0000)", "type": "string_unicode"}],
+                )
+            self._json = parsed
         return self._json
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -28,6 +30,19 @@ class DatabaseNotMigrated(RuntimeError):
 PG_POOL_SIZE = 20
 
 
+def _load_json(text: str) -> Any:
+    """A JSON column's value, or None when what is stored is not JSON (written by hand or by another
+    program): the row then reads with an empty value instead of failing every query that touches it."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
 def make_engine(url: str, pool_size: int | None = None, **kwargs) -> Engine:
     """`pool_size` (PostgreSQL only): connections kept open; as many again (at least SQLAlchemy's default
     10) may be opened for a burst."""
@@ -35,7 +50,9 @@ def make_engine(url: str, pool_size: int | None = None, **kwargs) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=_load_json, **kwargs
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # API and worker processes share the file
@@ -45,12 +62,16 @@ def make_engine(url: str, pool_size: int | None = None, **kwargs) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            # SQLite stores whatever bytes it is given; one row with invalid UTF-8 in a text column (written
+            # by another program, or by hand) would make every query that reads it raise, taking a whole
+            # list down. Such bytes read as U+FFFD instead.
+            dbapi_conn.text_factory = _decode_text
 
         return engine
     if "poolclass" not in kwargs:  # migrations use no pool
         size = pool_size or PG_POOL_SIZE
         kwargs.update(pool_size=size, max_overflow=max(size, 10))
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, json_deserializer=_load_json, **kwargs)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from server.core.models import Metric, MetricBlock
+from server.core.text import clean_text, is_clean
 
 Point = tuple[str, int, float, float]  # key, step, value, unix time
 # steps per block at levels 0..4: a read uses the coarsest level with at least half as many blocks as
@@ -119,6 +120,9 @@ def ingest(session: Session, run_id: int, points: Sequence[Point]) -> None:
     blocks. No commit: the caller's transaction covers both."""
     if not points:
         return
+    keys = {point[0] for point in points}
+    if not all(is_clean(key) for key in keys):  # metric names come from the library: storable only
+        points = [(clean_text(k, 100), s, v, t) for k, s, v, t in points]
     if session.get_bind().dialect.name == "postgresql":
         cursor = session.connection().connection.driver_connection.cursor()
         with cursor.copy("COPY metrics (run_id, key, step, value, time) FROM STDIN (FORMAT BINARY)") as copy:

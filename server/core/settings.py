@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         12.0, gt=0, le=24 * 366, validation_alias=AliasChoices("OBOW_LAB_SESSION_HOURS")
     )
     max_body_kb: float = Field(256.0, gt=0, validation_alias=AliasChoices("OBOW_LAB_MAX_BODY_KB"))
+    # free space a run leaves on the artifact disk and the SQLite database's disk: below it the run stops
+    # with a clear error while there is still room to record that error (a full database disk cannot)
+    min_free_mb: float = Field(100.0, ge=0, validation_alias=AliasChoices("OBOW_LAB_MIN_FREE_MB"))
 
     data_roots_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_DATA_ROOTS"))
     cache_roots_value: str | None = Field(None, validation_alias=AliasChoices("OBOW_LAB_CACHE_ROOTS"))
@@ -124,6 +127,14 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return (self.artifact_root_dir or self.home / "artifacts").resolve()
+
+    @property
+    def watched_disks(self) -> list[Path]:
+        """Folders whose filesystem a run writes to: the artifact root, and the SQLite database's folder."""
+        disks = [self.artifact_root]
+        if self.db_url.startswith("sqlite:///") and not self.db_url.endswith(":memory:"):
+            disks.append(Path(self.db_url.removeprefix("sqlite:///")).parent)
+        return disks
 
     @property
     def max_upload_bytes(self) -> int:

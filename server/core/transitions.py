@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from server.core.models import TERMINAL_STATES, Attempt, Run, RunEvent, RunState, utcnow
 from server.core.notify import run_changed
-from server.core.text import clean_text
+from server.core.text import clean_json, clean_text
 
 MAX_ERROR_CHARS = 20_000
 
@@ -175,6 +175,9 @@ def fenced_update(session: Session, run_id: int, attempt_id: int, **values: Any)
     """A write on behalf of an attempt (heartbeat, progress, latest metrics): applies only while that
     attempt owns the running run. No commit: callers put it in the transaction of what it guards."""
     assert "state" not in values and "attempt_id" not in values, "state changes go through the transitions"
+    for name in ("last_metrics", "metric_keys"):  # texts from the library (metric names): storable only
+        if name in values:
+            values[name] = clean_json(values[name])
     return bool(
         session.execute(
             update(Run)
@@ -225,7 +228,9 @@ def _end_open_attempts(session: Session, run_id: int, outcome: str, error: str |
     ids = session.scalars(
         update(Attempt)
         .where(Attempt.run_id == run_id, Attempt.ended_at.is_(None))
-        .values(ended_at=utcnow(), outcome=outcome, error=error)
+        .values(
+            ended_at=utcnow(), outcome=outcome, error=None if error is None else clean_text(error, MAX_ERROR_CHARS)
+        )
         .returning(Attempt.id)
     ).all()
     return max(ids) if ids else None
@@ -271,6 +276,9 @@ def finish(
     if state not in TERMINAL_STATES:
         raise ValueError(f"finish needs a terminal state, not {state}")
     error = clean_text(error, MAX_ERROR_CHARS) if error is not None else None
+    # the library's result as every backend can store it (NUL, lone surrogates, NaN: see clean_json);
+    # a result the database refused would leave the run `running` until the sweeper re-queued it
+    result = clean_json(result) if result is not None else None
     now = utcnow()
     moved = session.execute(
         update(Run)

@@ -3,8 +3,10 @@ through the run state machine (`server.core.transitions`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session, defer
 from obow.config import list_presets, preset_dict
 from obow.config.presets import deep_update
 from obow.errors import ConfigError
+from server.core import artifacts as artifact_store
 from server.core import kinds as kinds_service
 from server.core import transitions
 from server.core.errors import Conflict, Invalid, NotFound, invalid
@@ -69,6 +72,25 @@ def _check_strings(value: Any, loc: tuple[str | int, ...], errors: list[dict[str
         errors.append({"loc": list(loc), "msg": "text must not contain NUL or invalid Unicode", "type": "string_type"})
 
 
+INT64 = 2**63
+
+
+def _unstorable_numbers(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, Any]]) -> None:
+    """NaN, infinities and integers beyond 64 bits in a validated spec: whatever a kind's class lets
+    through (`"inf"` parses as a float), no JSON answer, no PostgreSQL json column and no library counter
+    can hold them. The library's spec classes bound every number; this guards any other kind."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _unstorable_numbers(item, (*loc, str(key)), errors)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _unstorable_numbers(item, (*loc, index), errors)
+    elif isinstance(value, float) and not math.isfinite(value):
+        errors.append({"loc": list(loc), "msg": "must be a finite number", "type": "finite_number"})
+    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        errors.append({"loc": list(loc), "msg": "must fit in 64 bits", "type": "int_too_large"})
+
+
 def latest_weights(session: Session, run: Run) -> Artifact | None:
     """The newest weights a child run can start from: a training checkpoint, else a backbone (what an
     import of a feature extractor gives), else the raw upload of an import that has not run yet."""
@@ -81,6 +103,21 @@ def latest_weights(session: Session, run: Run) -> Artifact | None:
         if found is not None:
             return found
     return None
+
+
+def pinned_weights(session: Session, parent: Run, settings: Settings, tries: int = 5) -> Path:
+    """The parent's newest weights, pinned for the child (`artifacts.pin`): a still-running pretraining
+    deletes the file when it writes the next checkpoint, which must not fail the child later. If the file
+    goes between the lookup and the link, the (then newer) newest one is taken."""
+    for _ in range(tries):
+        weights = latest_weights(session, parent)
+        if weights is None:
+            raise invalid(("body", "parent_id"), f"run {parent.id} has no checkpoint yet")
+        try:
+            return artifact_store.pin(settings.artifact_root, weights.path, weights.sha256)
+        except (FileNotFoundError, ValueError):
+            session.expire_all()  # the parent wrote a newer checkpoint meanwhile: look again
+    raise Conflict(f"run {parent.id} replaced its checkpoint {tries} times while it was being pinned; try again")
 
 
 def runs_with_weights(session: Session, limit: int = 100) -> list[Run]:
@@ -137,10 +174,7 @@ def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dic
             raise invalid(("body", "parent_id"), f"run {body.parent_id} does not exist")
         if weights_field is None:
             raise invalid(("body", "parent_id"), f"a '{body.kind}' run does not start from a parent")
-        weights = latest_weights(session, parent)
-        if weights is None:
-            raise invalid(("body", "parent_id"), f"run {parent.id} has no checkpoint yet")
-        data[weights_field] = str(settings.artifact_root / weights.path)
+        data[weights_field] = str(pinned_weights(session, parent, settings))
     elif weights_field is not None and cls.model_fields[weights_field].is_required():
         raise invalid(("body", "parent_id"), f"a '{body.kind}' run needs parent_id (a run with a checkpoint)")
 
@@ -155,6 +189,10 @@ def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dic
         ) from None
     except ConfigError as err:
         raise invalid(("body", "spec"), str(err)) from None
+    number_errors: list[dict[str, Any]] = []
+    _unstorable_numbers(spec.model_dump(), ("body", "spec"), number_errors)
+    if number_errors:
+        raise Invalid(number_errors)
     return spec.model_dump(mode="json")
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from obow import runs
 from obow.config.kinds import KindInfo, PathField, PathRoot
 from obow.errors import ConfigError
+from obow.io.atomic import write_text_atomic
 from obow.reporting import Reporter, check_stop
 
 
@@ -36,6 +37,16 @@ class FakeTrainSpec(BaseModel):
     hang_at: int | None = Field(None, ge=0, description="Sleep hang_s at this step without checking for a stop")
     hang_s: float = Field(0.0, ge=0, le=600)
     die_at: int | None = Field(None, ge=0, description="SIGKILL its own process at this step (an OOM kill)")
+    rotate: bool = Field(
+        False, description="Checkpoint as the real trainer does: a new file each time (written atomically), "
+        "the previous one deleted"
+    )
+    hostile_text: bool = Field(
+        False, description="Log, name metrics, describe artifacts, fail and return with NUL, lone surrogates, NaN"
+    )
+
+
+HOSTILE = "nul \x00 surrogate \ud800 rtl \u202e emoji \U0001f600"
 
 
 def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -46,11 +57,22 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
         reporter.log(f"resuming from step {start}")
     for step in range(start, spec.steps):
         check_stop(reporter)
-        if spec.checkpoint_every and step and step % spec.checkpoint_every == 0:
+        if spec.checkpoint_every and step and step % spec.checkpoint_every == 0 and spec.rotate:
+            previous = sorted(out_dir.glob("checkpoint_*.json"))
+            rotated = out_dir / f"checkpoint_{step:06d}.json"
+            write_text_atomic(rotated, json.dumps({"step": step, "weights": [step / 1000] * 64}))
+            reporter.artifact(rotated, "checkpoint", {"step": step})
+            for old in previous:
+                old.unlink()
+        elif spec.checkpoint_every and step and step % spec.checkpoint_every == 0:
             ckpt.write_text(json.dumps({"step": step, "weights": [0.5] * 64}))
-            reporter.artifact(ckpt, "checkpoint", {"step": step})
+            meta = {"note": HOSTILE, "nan": float("nan"), HOSTILE: 1} if spec.hostile_text else {}
+            reporter.artifact(ckpt, "checkpoint", {"step": step, **meta})
+        if spec.hostile_text:
+            reporter.log(f"step {step}: {HOSTILE}", "warning")
+            reporter.metrics(step, {f"lo\x00ss\ud800{step % 2}": 0.5})
         if spec.fail_at is not None and step == spec.fail_at and start == 0:
-            raise ConfigError(f"fail_at reached at step {step}")
+            raise ConfigError(f"fail_at reached at step {step}" + (f": {HOSTILE}" if spec.hostile_text else ""))
         if spec.hang_at is not None and step == spec.hang_at:
             time.sleep(spec.hang_s)  # a long step that never looks at the cancel flag
         if spec.die_at is not None and step == spec.die_at:
@@ -63,6 +85,8 @@ def run_faketrain(spec: FakeTrainSpec, out_dir: Path, reporter: Reporter) -> dic
             time.sleep(spec.sleep_s)
     ckpt.write_text(json.dumps({"step": spec.steps, "weights": [0.5] * 64}))
     reporter.artifact(ckpt, "checkpoint", {"epoch": 1})
+    if spec.hostile_text:
+        return {"final_loss": 1.0 / spec.steps, "note": HOSTILE, HOSTILE: [float("nan"), float("inf")]}
     return {"final_loss": 1.0 / spec.steps}
 
 

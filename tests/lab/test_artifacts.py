@@ -31,7 +31,8 @@ def test_export_downloads_with_checksum_length_and_range(lab):
     export = response.json()
     assert export["kind"] == "export" and export["queue"] == "cpu" and export["parent_id"] == parent["id"]
     ckpt = parent["artifacts"][0]
-    assert export["spec"]["checkpoint"].endswith(f"runs/{parent['id']}/checkpoint.json")
+    # the parent's checkpoint, pinned for the child under its sha256 (test_pinned_weights.py)
+    assert export["spec"]["checkpoint"].endswith(f"pinned/{ckpt['sha256']}.json")
     assert lab.enqueue.sent[-1] == (export["id"], "cpu")
     assert execute_run(export["id"], lab.settings) == "succeeded"
     (artifact,) = lab.client.get(f"/api/v1/runs/{export['id']}/artifacts").json()
@@ -115,7 +116,9 @@ def test_import_upload_then_evaluate_from_it(lab):
         f"/api/v1/runs/{run['id']}/exports", json={"format": "torchvision"}, headers=lab.auth
     )
     assert export.status_code == 201
-    assert export.json()["spec"]["checkpoint"].endswith(f"runs/{run['id']}/imported.json")
+    imported = lab.client.get(f"/api/v1/runs/{run['id']}/artifacts").json()[-1]
+    assert imported["name"] == "imported.json"
+    assert export.json()["spec"]["checkpoint"].endswith(f"pinned/{imported['sha256']}.json")
 
 
 def test_oversize_or_unauthorised_upload_writes_nothing(lab):

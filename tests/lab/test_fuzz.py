@@ -11,6 +11,10 @@ Checks: `not_a_server_error`, `status_code_conformance` (every status answered i
 `server.api.responses`), `response_schema_conformance`, `content_type_conformance` and
 `response_headers_conformance`.
 
+A second fuzzer (`test_fuzz_hostile_text_and_numbers`) sends Unicode-heavy JSON bodies that schemathesis'
+UTF-8 strings never hold: lone surrogates (as JSON escapes), NUL, right-to-left marks, emoji, combining
+characters, huge and non-finite numbers, at any depth of a spec, in keys and values.
+
 The one narrowing: `GET /runs/{run_id}/events` streams until its run finishes, and the fuzzer's own
 `POST /runs` make queued runs that never do (no worker here), so that route's `run_id` is always the
 finished run; its query and `Last-Event-ID` inputs are fuzzed like any other (unknown ids: test_api).
@@ -18,6 +22,7 @@ finished run; its query and `Last-Event-ID` inputs are fuzzed like any other (un
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -161,3 +166,71 @@ def test_non_finite_numbers_and_nul_characters_are_not_500(lab, fuzzed):
         response = lab.client.post(export, content=raw, headers=headers)
         assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid", raw
     assert lab.client.get("/api/v1/presets/a%00b").status_code == 404
+
+
+# -- Unicode-heavy and numeric hostile bodies ----------------------------------------------------------
+HOSTILE_TEXT = st.one_of(
+    st.sampled_from(["\ud800", "\udfff", "a\x00b", "\u202eevil\u202c", "\U0001f600" * 3, "e\u0301\u0301",
+                     "\ufeff", "\u200b", "../../etc/passwd", "/proc/self/environ", "%00", "x" * 5000]),
+    st.text(st.characters(codec=None, categories=None), max_size=12),  # surrogates and controls included
+)
+HOSTILE_NUMBER = st.one_of(
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -1e308, 2**63, -(2**63) - 1, 2**200, 1e26]),
+    st.sampled_from(["inf", "nan", "Infinity", "-Infinity", "1e999"]),
+    st.integers(min_value=-(2**100), max_value=2**100),
+)
+HOSTILE_LEAF = st.one_of(HOSTILE_TEXT, HOSTILE_NUMBER, st.booleans(), st.none())
+HOSTILE_JSON = st.recursive(
+    HOSTILE_LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.one_of(HOSTILE_TEXT, st.sampled_from(
+            ["optim", "data", "runtime", "model", "lr", "num_epochs", "data_dir", "split_file", "name", "seed"])),
+            inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _encode(body: Any) -> bytes:
+    """JSON as a hostile client writes it: surrogates as `\\ud800` escapes, NaN and Infinity as words."""
+    return json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
+
+
+@pytest.mark.parametrize("route", ["/api/v1/runs", "/api/v1/runs/{run_id}/exports", "/api/v1/runs/{run_id}/words"])
+def test_fuzz_hostile_text_and_numbers(lab, fuzzed, route):
+    """No hostile body gives a 5xx or stores text that breaks a later read; every answer is a documented
+    status (or a deliberate one pending the auth branch) and valid JSON; lists and pages stay readable."""
+    path = route.format(run_id=fuzzed["run_id"])
+    operation = lab.client.app.openapi()["paths"][route]["post"]
+    documented = {int(code) for code in operation["responses"]}
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        spec=HOSTILE_JSON,
+        kind=st.one_of(st.sampled_from(["faketrain", "pretrain", "linear", "export", "words"]), HOSTILE_TEXT),
+        preset=st.one_of(st.none(), st.just("FashionMNIST/tiny"), HOSTILE_TEXT),
+        where=st.sampled_from(["spec", "options", "top", "levels"]),
+    )
+    def one(spec, kind, preset, where):
+        if route.endswith("/runs"):
+            body = {"kind": kind, "spec": spec if isinstance(spec, dict) else {"x": spec}, "preset": preset}
+            if where == "top":
+                body = {**body, **(spec if isinstance(spec, dict) else {"extra": spec})}
+        elif route.endswith("/exports"):
+            body = {"format": "safetensors", "options": spec if isinstance(spec, dict) else {"rgb_to_bgr": spec}}
+        else:
+            body = {"levels": [spec] if where == "levels" else None, "words": spec if where == "top" else 8}
+        headers = {**lab.auth, "Content-Type": "application/json"}
+        response = lab.client.post(path, content=_encode(body), headers=headers)
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (body, response.text[:500])
+        assert response.status_code in documented, (response.status_code, body)
+        response.json()
+
+    one()
+    print(f"\nhostile bodies to {route}: status counts {seen}")
+    assert lab.client.get("/api/v1/runs", params={"limit": 500}, headers=lab.auth).status_code == 200
+    for item in lab.client.get("/api/v1/runs", params={"limit": 500}, headers=lab.auth).json()["items"]:
+        assert lab.client.get(f"/api/v1/runs/{item['id']}", headers=lab.auth).status_code == 200
+        assert lab.client.get(f"/runs/{item['id']}").status_code == 200

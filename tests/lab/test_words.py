@@ -66,7 +66,8 @@ def test_words_child_run_spec_and_queue(lab, tiny_checkpoint):
     assert (child["kind"], child["queue"], child["parent_id"], child["state"]) == ("words", "cpu", parent, "queued")
     with lab.session() as session:
         (ckpt,) = session.query(Artifact).filter_by(run_id=parent, kind="checkpoint").all()
-    assert child["spec"]["checkpoint"] == str(lab.settings.artifact_root / ckpt.path)
+    # the parent's checkpoint, pinned for the child (a running pretraining deletes superseded ones)
+    assert child["spec"]["checkpoint"] == str(lab.settings.artifact_root.resolve() / "pinned" / f"{ckpt.sha256}.pt")
     assert {k: child["spec"][k] for k in ("words", "patches", "max_images")} == {
         "words": 64, "patches": 8, "max_images": 2000}
     assert lab.enqueue.sent[-1] == (child["id"], "cpu")
