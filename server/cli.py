@@ -12,6 +12,7 @@ import time
 
 import click
 
+from server import sweep_cli
 from server.core.settings import Settings
 
 
@@ -22,6 +23,9 @@ class LabError(click.ClickException):
 @click.group(name="lab")
 def lab() -> None:
     """The lab: REST API, dashboard, workers, database."""
+
+
+lab.add_command(sweep_cli.sweep)
 
 
 @lab.group()
