@@ -777,7 +777,7 @@ def step(session: Session, sweep_id: int, settings: Settings, enqueue: Enqueue, 
 
     best = _best(sweep, trials)
     values: dict[str, Any] = {"best_number": best.number if best else None, "best_value": best.value if best else None}
-    if len(trials) >= budget and not any(t.state == "running" for t in trials):
+    if len(trials) >= budget and not any(_occupied(t, runs) for t in trials):  # pruned runs have stopped too
         values.update(state="finished", finished_at=utcnow(), controller=None, controller_until=None)
     session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.state == "running").values(**values))
     session.commit()
