@@ -22,6 +22,7 @@ from server.pages import router as pages_router
 from server.services import sweeps as sweeps_service
 from server.services.redelivery import Redelivery
 from server.services.runs import Enqueue, sweep_lost
+from server.sweep_pages import router as sweep_pages_router
 
 STATIC_DIR = lab_dir("static")
 # how often the API steps its running sweeps: what the controller adds between a trial's end and the
@@ -124,6 +125,7 @@ def create_app(
 
     for router in (runs.router, sweeps.router, artifacts.router, imports.router, meta.router):
         app.include_router(router, prefix="/api/v1")
+    app.include_router(sweep_pages_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
