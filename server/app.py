@@ -27,7 +27,7 @@ from server.sweep_pages import router as sweep_pages_router
 STATIC_DIR = lab_dir("static")
 # how often the API steps its running sweeps: what the controller adds between a trial's end and the
 # next trial's start is at most this (plus the step itself)
-SWEEP_CONTROL_S = 0.5
+SWEEP_CONTROL_S = 0.25
 log = logging.getLogger("obow.lab")
 
 
@@ -63,9 +63,11 @@ async def _control_sweeps_forever(app: FastAPI, every_s: float) -> None:
     """Step every running sweep (record finished trials, prune, start new ones). Two API processes may
     both run this: a lease on each sweep row lets one step it at a time (`server.services.sweeps`)."""
 
+    controller = sweeps_service.Controller(app.state.settings, app.state.enqueue)
+
     def control() -> list[int]:
         with app.state.sessionmaker() as session:
-            return sweeps_service.control_all(session, app.state.settings, app.state.enqueue)
+            return controller.tick(session)
 
     while True:
         await asyncio.sleep(every_s)
@@ -82,7 +84,7 @@ def create_app(
 
     The lost-run sweep runs every half heartbeat lease (at most every 30 s), so a dead worker's run is
     re-queued at most 1.5 leases after its last heartbeat; `sweep_every_s=0` turns it off (tests).
-    The sweep controller steps every `SWEEP_CONTROL_S` (0.5 s; off, like the sweeper, with
+    The sweep controller looks every `SWEEP_CONTROL_S` (0.25 s; off, like the sweeper, with
     `sweep_every_s=0`: tests drive `server.services.sweeps.step` themselves)."""
     settings = settings or Settings()
     if sweep_every_s is None:

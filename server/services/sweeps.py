@@ -25,6 +25,7 @@ import itertools
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ import annotated_types
 from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from obow.config.presets import deep_update
 from server.core import kinds as kinds_service
@@ -708,15 +709,21 @@ def _best(sweep: Sweep, trials: list[SweepTrial]) -> SweepTrial | None:
 
 
 def _load(session: Session, sweep_id: int) -> tuple[list[SweepTrial], dict[int, Run]]:
+    """The sweep's trials and their runs as the database has them now: one query each, replacing
+    whatever the session held (another process, a worker, wrote them since)."""
+    fresh = {"populate_existing": True}
     trials = list(
-        session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id).order_by(SweepTrial.number))
+        session.scalars(
+            select(SweepTrial)
+            .where(SweepTrial.sweep_id == sweep_id)
+            .order_by(SweepTrial.number)
+            .execution_options(**fresh)
+        )
     )
-    for trial in trials:
-        session.refresh(trial)
     ids = [i for t in trials for i in (t.run_id, t.eval_run_id) if i]
-    runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))} if ids else {}
-    for run in runs.values():
-        session.refresh(run)
+    runs = (
+        {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)).execution_options(**fresh))} if ids else {}
+    )
     return trials, runs
 
 
@@ -784,8 +791,57 @@ def step(session: Session, sweep_id: int, settings: Settings, enqueue: Enqueue, 
     return True
 
 
+# A full step at least this often even when nothing changed (it renews the lease, well inside LEASE_S).
+FULL_STEP_S = 2.0
+
+
+def _signatures(session: Session, sweep_ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    """What a step reacts to, per sweep, in one query: every trial's state and its run's and its
+    evaluation's state and version (a version moves with every state or progress write, so a new point
+    on a pruned curve shows too)."""
+    evaluation = aliased(Run)
+    rows = session.execute(
+        select(SweepTrial.sweep_id, SweepTrial.number, SweepTrial.state, Run.state, Run.version, evaluation.state)
+        .outerjoin(Run, Run.id == SweepTrial.run_id)
+        .outerjoin(evaluation, evaluation.id == SweepTrial.eval_run_id)
+        .where(SweepTrial.sweep_id.in_(sweep_ids))
+        .order_by(SweepTrial.sweep_id, SweepTrial.number)
+    ).all()
+    out: dict[int, list[tuple[Any, ...]]] = {i: [] for i in sweep_ids}
+    for row in rows:
+        out[row[0]].append(tuple(row[1:]))
+    return {i: tuple(v) for i, v in out.items()}
+
+
+class Controller:
+    """The API process's sweep controller: `tick()` steps every running sweep whose trials changed since
+    its last step (and every sweep at least every FULL_STEP_S), so a tick with nothing to do costs one
+    query and the tick can be short (what the controller adds between two trials is about half of it)."""
+
+    def __init__(self, settings: Settings, enqueue: Enqueue, owner: str = CONTROLLER_ID) -> None:
+        self.settings, self.enqueue, self.owner = settings, enqueue, owner
+        self._seen: dict[int, tuple[tuple[Any, ...], float]] = {}
+
+    def tick(self, session: Session) -> list[int]:
+        ids = list(session.scalars(select(Sweep.id).where(Sweep.state == "running").order_by(Sweep.id)))
+        now = time.monotonic()
+        stepped = []
+        for sweep_id, signature in _signatures(session, ids).items() if ids else []:
+            seen = self._seen.get(sweep_id)
+            if seen is not None and seen[0] == signature and now - seen[1] < FULL_STEP_S:
+                continue
+            if step(session, sweep_id, self.settings, self.enqueue, self.owner):
+                stepped.append(sweep_id)
+            # the signature read before the step: anything that changed since (the step's own trials, a
+            # run that ended meanwhile) differs from it and brings another step at the next tick
+            self._seen[sweep_id] = (signature, now)
+        for gone in set(self._seen) - set(ids):
+            del self._seen[gone]
+        return stepped
+
+
 def control_all(session: Session, settings: Settings, enqueue: Enqueue, owner: str = CONTROLLER_ID) -> list[int]:
-    """One step of every running sweep this process may hold (the API's background loop)."""
+    """One full step of every running sweep this process may hold."""
     ids = session.scalars(select(Sweep.id).where(Sweep.state == "running").order_by(Sweep.id)).all()
     return [sweep_id for sweep_id in ids if step(session, sweep_id, settings, enqueue, owner)]
 

@@ -415,3 +415,18 @@ def test_one_controller_at_a_time_and_a_half_made_trial_is_completed_not_duplica
     with lab.session() as session, pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         session.add(SweepTrial(sweep_id=sweep["id"], number=2, params={}, system_attrs={}, state="running"))
         session.commit()
+
+
+def test_the_background_controller_steps_only_when_a_trial_changed(lab):
+    sweep = create(lab, budget=3, parallel=1)
+    controller = sweeps_service.Controller(lab.settings, lab.enqueue)
+    with lab.session() as session:
+        assert controller.tick(session) == [sweep["id"]]  # first sight: a full step
+        assert controller.tick(session) == []  # nothing changed: one query, no step
+    finish(lab, trials(lab, sweep["id"])[0].run_id, result={"final_loss": 0.3})
+    with lab.session() as session:
+        assert controller.tick(session) == [sweep["id"]]
+    assert [t.state for t in trials(lab, sweep["id"])] == ["complete", "running"]
+    with lab.session() as session:
+        assert controller.tick(session) == [sweep["id"]]  # its own new trial changed the signature
+        assert controller.tick(session) == []
