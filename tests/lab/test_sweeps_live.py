@@ -6,6 +6,7 @@ These share Redis db 15 with the other live tests: run them under `flock /tmp/ob
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,17 +113,26 @@ def test_a_pruned_trial_stops_at_its_next_step_with_a_checkpoint(live):
         knn_steps = session.scalars(
             select(Metric.step).where(Metric.run_id == run["id"], Metric.key == "knn_acc@1").order_by(Metric.step)
         ).all()
+        trained_steps = session.scalars(
+            select(Metric.step).where(Metric.run_id == run["id"], Metric.key == "loss_total").order_by(Metric.step)
+        ).all()
         ckpts = session.scalars(
             select(Artifact).where(Artifact.run_id == run["id"], Artifact.kind == "checkpoint")
         ).all()
-        cause = session.scalars(
-            select(RunEvent.cause).where(RunEvent.run_id == run["id"], RunEvent.transition == "request_cancel")
+        cause, cancelled_at = session.execute(
+            select(RunEvent.cause, RunEvent.time).where(
+                RunEvent.run_id == run["id"], RunEvent.transition == "request_cancel"
+            )
         ).one()
     assert knn_steps == [8]  # one kNN report (end of epoch 1), then stopped inside epoch 2
-    stopped_at = run["progress_done"]
-    assert 8 < stopped_at < 16 < run["progress_total"] == 24
     newest = max(ckpts, key=lambda a: a.id)
-    assert newest.path.endswith(f"checkpoint_0001_it{stopped_at - 8}.pt"), [a.path for a in ckpts]
+    # the stop checkpoint: at the step of epoch 2 where the cancel was seen (`checkpoint_0001.pt` again
+    # when that was its first step), written after the prune asked for it
+    found = re.search(r"checkpoint_0001(?:_it(\d+))?\.pt$", newest.path)
+    assert found and int(found.group(1) or 0) < 8, [a.path for a in ckpts]
+    assert newest.created_at >= cancelled_at and len(ckpts) >= 2
+    stopped_at = 8 + int(found.group(1) or 0)
+    assert trained_steps[-1] <= stopped_at < run["progress_total"] == 24, (trained_steps, stopped_at, run)
     assert (live.settings.artifact_root / newest.path).is_file()
     assert cause.startswith(f"pruned by sweep {created['id']}")
 
