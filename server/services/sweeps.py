@@ -22,6 +22,7 @@ Optuna is imported on first use only: the API process starts without it.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import socket
@@ -60,6 +61,7 @@ LEASE_S = 6.0
 # Cross-field rules (num_words a multiple of the batch) are checked on specs built from the space's
 # extreme values: every combination while there are at most this many, else each extreme on its own.
 MAX_SAMPLE_SPECS = 64
+log = logging.getLogger("obow.lab.sweeps")
 # This API process, as a lease holder.
 CONTROLLER_ID = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -374,9 +376,21 @@ def _objective_errors(body: SweepCreate) -> list[dict[str, Any]]:
 def _pruner_errors(body: SweepCreate) -> list[dict[str, Any]]:
     if body.pruner.type == "none":
         return []
-    try:
-        make_pruner(body.pruner.model_dump())
-    except (TypeError, ValueError) as err:
+    try:  # built and asked once on a two-trial study, so an option of the wrong type fails here, not later
+        o = _optuna()
+        pruner = make_pruner(body.pruner.model_dump())
+        study = o.create_study(direction=body.direction, pruner=pruner)
+        dist = {"x": o.distributions.FloatDistribution(0.0, 1.0)}
+        study.add_trial(
+            o.trial.create_trial(params={"x": 0.5}, distributions=dist, value=1.0, intermediate_values={1: 1.0})
+        )
+        study.add_trial(
+            o.trial.create_trial(
+                state=o.trial.TrialState.RUNNING, params={"x": 0.1}, distributions=dist, intermediate_values={1: 0.5}
+            )
+        )
+        pruner.prune(study, study.get_trials(deepcopy=False)[-1])
+    except (TypeError, ValueError, ArithmeticError) as err:
         return [{"loc": ["body", "pruner", "options"], "msg": f"{body.pruner.type}: {err}", "type": "value_error"}]
     return []
 
@@ -830,8 +844,13 @@ class Controller:
             seen = self._seen.get(sweep_id)
             if seen is not None and seen[0] == signature and now - seen[1] < FULL_STEP_S:
                 continue
-            if step(session, sweep_id, self.settings, self.enqueue, self.owner):
-                stepped.append(sweep_id)
+            try:
+                if step(session, sweep_id, self.settings, self.enqueue, self.owner):
+                    stepped.append(sweep_id)
+            except Exception as err:  # one broken sweep must not starve the others: logged, retried next tick
+                session.rollback()
+                log.warning("sweep %s: controller step failed: %s", sweep_id, err)
+                continue
             # the signature read before the step: anything that changed since (the step's own trials, a
             # run that ended meanwhile) differs from it and brings another step at the next tick
             self._seen[sweep_id] = (signature, now)

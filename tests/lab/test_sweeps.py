@@ -154,6 +154,8 @@ def test_other_bad_fields_are_named(lab):
             ["body", "objective", "eval_spec", "k"],
         ),
         ({"pruner": {"type": "median", "options": {"n_startup_trials": -1}}}, ["body", "pruner", "options"]),
+        ({"pruner": {"type": "median", "options": {"n_warmup_steps": "x"}}}, ["body", "pruner", "options"]),
+        ({"pruner": {"type": "successive_halving", "options": {"bogus": 1}}}, ["body", "pruner", "options"]),
         ({"spec": {"optim": {"lr": -1}}}, ["body", "spec", "optim", "lr"]),
         ({"budget": 0}, ["body", "budget"]),
         ({"kind": "knn"}, ["body", "kind"]),
