@@ -13,19 +13,24 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server.api.guards import BodyLimit, TrustedHost
-from server.api.routes import artifacts, imports, meta, runs
+from server.api.routes import artifacts, imports, meta, runs, sweeps
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
 from server.core.queue import CeleryEnqueuer
 from server.core.resources import lab_dir
 from server.core.settings import Settings
 from server.pages import router as pages_router
+from server.services import sweeps as sweeps_service
 from server.services.notifier import RunNotifier
 from server.services.redelivery import Redelivery
 from server.services.runs import Enqueue, sweep_lost
 from server.services.throttle import LoginThrottle
+from server.sweep_pages import router as sweep_pages_router
 
 STATIC_DIR = lab_dir("static")
+# how often the API steps its running sweeps: what the controller adds between a trial's end and the
+# next trial's start is at most this (plus the step itself)
+SWEEP_CONTROL_S = 0.25
 log = logging.getLogger("obow.lab")
 
 
@@ -57,13 +62,33 @@ async def _sweep_forever(app: FastAPI, every_s: float) -> None:
                 log.warning("%s-run sweep failed: %s", name, err)
 
 
+async def _control_sweeps_forever(app: FastAPI, every_s: float) -> None:
+    """Step every running sweep (record finished trials, prune, start new ones). Two API processes may
+    both run this: a lease on each sweep row lets one step it at a time (`server.services.sweeps`)."""
+
+    controller = sweeps_service.Controller(app.state.settings, app.state.enqueue)
+
+    def control() -> list[int]:
+        with app.state.sessionmaker() as session:
+            return controller.tick(session)
+
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await run_in_threadpool(control)
+        except Exception as err:  # the controller must outlive a database or broker hiccup
+            log.warning("sweep controller step failed: %s", err)
+
+
 def create_app(
     settings: Settings | None = None, enqueue: Enqueue | None = None, sweep_every_s: float | None = None
 ) -> FastAPI:
     """Refuses to build on a database that is not at the latest migration (says how to fix it).
 
     The lost-run sweep runs every half heartbeat lease (at most every 30 s), so a dead worker's run is
-    re-queued at most 1.5 leases after its last heartbeat; `sweep_every_s=0` turns it off (tests)."""
+    re-queued at most 1.5 leases after its last heartbeat; `sweep_every_s=0` turns it off (tests).
+    The sweep controller looks every `SWEEP_CONTROL_S` (0.25 s; off, like the sweeper, with
+    `sweep_every_s=0`: tests drive `server.services.sweeps.step` themselves)."""
     settings = settings or Settings()
     if sweep_every_s is None:
         sweep_every_s = min(30.0, settings.heartbeat_timeout_s / 2)
@@ -73,9 +98,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_sweep_forever(app, sweep_every_s)) if sweep_every_s > 0 else None
+        tasks = (
+            [asyncio.create_task(_sweep_forever(app, sweep_every_s)),
+             asyncio.create_task(_control_sweeps_forever(app, SWEEP_CONTROL_S))]
+            if sweep_every_s > 0 else []
+        )
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
         app.state.notifier.stop()
         engine.dispose()
@@ -102,8 +131,9 @@ def create_app(
             return JSONResponse({"detail": err.errors}, status_code=422)
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
-    for router in (runs.router, artifacts.router, imports.router, meta.router, meta.health_router):
+    for router in (runs.router, sweeps.router, artifacts.router, imports.router, meta.router, meta.health_router):
         app.include_router(router, prefix="/api/v1")
+    app.include_router(sweep_pages_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # outermost last: the Host check first, then the body cap (uploads have their own, streamed to disk)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import click
 
+from server import sweep_cli
 from server.core.settings import Settings
 
 # uvloop's event loop and httptools' HTTP parser (uvicorn[standard]): less CPU per request and per SSE
@@ -31,6 +32,9 @@ class LabError(click.ClickException):
 @click.group(name="lab")
 def lab() -> None:
     """The lab: REST API, dashboard, workers, database."""
+
+
+lab.add_command(sweep_cli.sweep)
 
 
 @lab.group()

@@ -147,7 +147,13 @@ def new_run_page(
     kind: str = "pretrain",
     parent: int | None = None,
     preset: str | None = None,
+    from_run: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> HTMLResponse:
+    """`from_run=<id>` fills the form with that run's full spec (a sweep's "Promote best")."""
+    source = runs_service.get_run(db, from_run) if from_run is not None else None
+    if source is not None:
+        kind, preset = source.kind, None
+        parent = source.parent_id if parent is None else parent
     if kind not in kinds_service.kinds() or kind == "import":
         kind = "pretrain"
     parent_run = runs_service.get_run(db, parent) if parent is not None else None
@@ -164,6 +170,8 @@ def new_run_page(
         preset=preset if preset in list_presets() else None,
         schemas_json=json.dumps(schemas).replace("</", "<\\/"),
         kind_info=json.dumps({k: kinds_service.describe(k) for k in kinds_service.kinds()}).replace("</", "<\\/"),
+        from_run=source,
+        from_spec=json.dumps(source.spec if source is not None else None).replace("</", "<\\/"),
     )
     return _render("new_run.html", ctx)
 

@@ -165,6 +165,60 @@ class LabClient:
             )
         return self._json(response)
 
+    # -- sweeps --------------------------------------------------------------------------------------
+    def sweep(
+        self,
+        space: dict[str, dict[str, Any]],
+        objective: dict[str, Any],
+        kind: str = "pretrain",
+        preset: str | None = None,
+        spec: dict[str, Any] | None = None,
+        method: str = "tpe",
+        budget: int = 20,
+        parallel: int = 1,
+        seed: int = 0,
+        direction: str = "maximize",
+        pruner: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a hyper-parameter sweep; its trials are runs on the lab's workers. `space` maps dotted
+        spec keys to `{"type": "choice", "values": [...]}`, `{"type": "uniform"|"loguniform", "low",
+        "high"}` or `{"type": "int", "low", "high", "step"}`; `objective` is `{"metric", "source"}`
+        (`source` "trial" or an evaluation kind such as "knn", with `eval_spec` overrides)."""
+        body: dict[str, Any] = {
+            "kind": kind, "spec": spec or {}, "space": space, "method": method, "budget": budget,
+            "parallel": parallel, "seed": seed, "objective": objective, "direction": direction,
+        }
+        for key, value in (("preset", preset), ("pruner", pruner), ("name", name)):
+            if value is not None:
+                body[key] = value
+        return self.create_sweep(body)
+
+    def create_sweep(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Start a sweep from the API's body as it is (what a sweep YAML file holds)."""
+        return self._json(self._http.post("/sweeps", json=body))
+
+    def sweep_status(self, sweep_id: int) -> dict[str, Any]:
+        """The sweep with its trials (params, objective, state, duration), best trial and importances."""
+        return self._json(self._http.get(f"/sweeps/{sweep_id}"))
+
+    def sweeps(self, **filters: Any) -> dict[str, Any]:
+        return self._json(self._http.get("/sweeps", params={k: v for k, v in filters.items() if v is not None}))
+
+    def cancel_sweep(self, sweep_id: int) -> dict[str, Any]:
+        """Stop proposing trials and cancel the running ones."""
+        return self._json(self._http.post(f"/sweeps/{sweep_id}/cancel"))
+
+    def wait_sweep(self, sweep_id: int, timeout: float = 24 * 3600.0, poll_s: float = 2.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            sweep = self.sweep_status(sweep_id)
+            if sweep["state"] != "running":
+                return sweep
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id} still running after {timeout:.0f} s")
+            time.sleep(poll_s)
+
     def download(self, artifact_id: int, dest: str | Path) -> Path:
         """Stream to `dest` (through a temp file) and check the sha256 the server announces."""
         dest = Path(dest)

@@ -118,6 +118,14 @@ def presets_command(name: str | None) -> None:
     if name is None:
         for preset in list_presets():
             click.echo(preset)
+        # sweep examples (bodies of the lab's POST /api/v1/sweeps) live beside the presets they search
+        from importlib.resources import files
+
+        for group in sorted((p for p in files("obow").joinpath("presets").iterdir() if p.is_dir()), key=str):
+            sweeps = group.joinpath("sweeps")
+            found = [p for p in sweeps.iterdir() if p.name.endswith(".yaml")] if sweeps.is_dir() else []
+            for path in sorted(found, key=str):
+                click.echo(f"sweep example: {path}  (obow lab sweep create --file {path})")
         return
     click.echo(yaml.safe_dump(preset_dict(name), sort_keys=False))
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -247,3 +248,64 @@ class WorkerBeat(Base):
     queues: Mapped[str] = mapped_column(String(100))  # comma-separated
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Sweep(Base):
+    """A hyper-parameter search: a base run (kind, preset, spec), a search space over dotted spec keys,
+    an Optuna method and pruner, a trial budget. Its Optuna study is these rows (and `sweep_trials`):
+    the controller (`server.services.sweeps.step`) rebuilds it in memory at each step."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    preset: Mapped[str | None] = mapped_column(String(200))
+    base_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(20))
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    budget: Mapped[int] = mapped_column(Integer)
+    parallel: Mapped[int] = mapped_column(Integer, default=1)
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)
+    direction: Mapped[str] = mapped_column(String(10))
+    pruner: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), default="running", index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    best_number: Mapped[int | None] = mapped_column(Integer)
+    best_value: Mapped[float | None] = mapped_column(Float)
+    # which API process steps this sweep, until when (a lease renewed every step): one controller at a time
+    controller: Mapped[str | None] = mapped_column(String(64))
+    controller_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    trials: Mapped[list[SweepTrial]] = relationship(
+        back_populates="sweep", order_by="SweepTrial.number", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: the params Optuna proposed, the ordinary run that trains them (and the
+    evaluation child that scores it, when the objective needs one), the objective value. UNIQUE(sweep,
+    number): two controllers (two API processes, a restart) can never create the same trial twice."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (UniqueConstraint("sweep_id", "number", name="uq_sweep_trials_sweep_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Optuna's per-trial bookkeeping (grid index, successive-halving rungs), kept so a rebuilt study
+    # sees what the previous controller step saw
+    system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    eval_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    value: Mapped[float | None] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="trials")

@@ -236,9 +236,10 @@ def _end_open_attempts(session: Session, run_id: int, outcome: str, error: str |
     return max(ids) if ids else None
 
 
-def request_cancel(session: Session, run_id: int) -> RunState | None:
+def request_cancel(session: Session, run_id: int, cause: str | None = None) -> RunState | None:
     """Waiting runs are cancelled at once; a running one gets the flag its owner polls (it stops at its
-    next step). Returns the state the run was in when the request applied, None if it had ended."""
+    next step). Returns the state the run was in when the request applied, None if it had ended.
+    `cause` names who asked when it was not the user (a sweep pruning or cancelling its trial)."""
     source = _move(
         session,
         run_id,
@@ -247,7 +248,7 @@ def request_cancel(session: Session, run_id: int) -> RunState | None:
         {"cancel_requested": True, "finished_at": utcnow()},
     )
     if source is not None:
-        _event(session, run_id, "request_cancel", source, RunState.CANCELLED, "cancelled before it ran")
+        _event(session, run_id, "request_cancel", source, RunState.CANCELLED, cause or "cancelled before it ran")
     else:
         flagged = session.execute(
             update(Run)
@@ -257,7 +258,7 @@ def request_cancel(session: Session, run_id: int) -> RunState | None:
         ).one_or_none()
         if flagged is not None:
             source = RunState.RUNNING
-            _event(session, run_id, "request_cancel", source, RunState.RUNNING, "cancel asked", flagged[0])
+            _event(session, run_id, "request_cancel", source, RunState.RUNNING, cause or "cancel asked", flagged[0])
     session.commit()
     return source
 

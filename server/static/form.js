@@ -259,4 +259,7 @@
   kindSelect.addEventListener("change", render);
   presetSelect.addEventListener("change", () => { clearErrors(); applyPreset(); });
   render();
+  // /runs/new?from_run=<id> (a sweep's "Promote best"): that run's full spec, on top of the defaults
+  const fromSpec = JSON.parse((document.getElementById("from-spec") || {}).textContent || "null");
+  if (fromSpec) applyValues(fromSpec, "");
 })();

@@ -54,6 +54,10 @@ PLAUSIBLE: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/v1/runs"): {"json": {"kind": "faketrain", "spec": {"steps": 2}}},
     ("post", "/api/v1/runs/{run_id}/exports"): {"json": {"format": "torchvision"}},
     ("post", "/api/v1/runs/{run_id}/words"): {"json": {}},
+    ("post", "/api/v1/sweeps"): {"json": {
+        "kind": "faketrain", "space": {"lr": {"type": "choice", "values": [0.1, 0.2]}}, "method": "grid", "budget": 2,
+        "objective": {"metric": "final_loss"}, "direction": "minimize",
+    }},
     ("post", "/api/v1/imports"): {
         "content": b'{"step": 1, "weights": []}',
         "headers": {"Content-Type": "application/octet-stream"},
@@ -80,6 +84,7 @@ def _finished(lab, **spec: Any) -> dict:
 def world(lab) -> dict[str, int]:
     """Runs in every state a route acts on: a route that lacked auth would succeed on them."""
     trained = _finished(lab, steps=3)
+    sweep = lab.client.post("/api/v1/sweeps", headers=lab.auth, **PLAUSIBLE[("post", "/api/v1/sweeps")]).json()
     queued = lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers=lab.auth).json()
     cancelled = lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers=lab.auth).json()
     assert lab.client.post(f"/api/v1/runs/{cancelled['id']}/cancel", headers=lab.auth).status_code == 200
@@ -88,6 +93,7 @@ def world(lab) -> dict[str, int]:
         "queued": queued["id"],
         "cancelled": cancelled["id"],
         "artifact": trained["artifacts"][0]["id"],
+        "sweep": sweep["id"],
     }
 
 
@@ -95,7 +101,7 @@ def _fill(path: str, world: dict[str, int]) -> str:
     """Path parameters filled with existing ids: cancel gets a queued run, retry a cancelled one."""
     run = world["queued"] if path.endswith("/cancel") else world["cancelled"] if path.endswith("/retry") else None
     filled = path.replace("{run_id}", str(run or world["trained"])).replace("{artifact_id}", str(world["artifact"]))
-    filled = filled.replace("{name}", "FashionMNIST/tiny")
+    filled = filled.replace("{name}", "FashionMNIST/tiny").replace("{sweep_id}", str(world["sweep"]))
     assert "{" not in filled, f"no value for a path parameter of {path}"
     return filled
 
