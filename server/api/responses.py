@@ -20,7 +20,7 @@ DESCRIPTIONS = {
     401: "No credentials where the route needs them, or a malformed, unknown, revoked or expired token",
     403: "A dashboard session without its CSRF token (X-CSRF-Token), or a file outside the artifact store",
     404: "No such run, artifact or preset",
-    409: "The run's state does not allow it (cancel of a finished run, retry of one not failed/cancelled)",
+    409: "The run's or sweep's state does not allow it (cancel of a finished one, retry of a run not failed/cancelled)",
     413: "The request body is over its cap (OBOW_LAB_MAX_BODY_KB; uploads: OBOW_LAB_MAX_UPLOAD_MB)",
     429: "Too many failed logins from this address: wait the Retry-After seconds",
 }

@@ -42,7 +42,13 @@ def world(lab) -> dict[str, int]:
     run = lab.client.post("/api/v1/runs", json={"kind": "faketrain", "spec": {"steps": 3}}).json()
     assert execute_run(run["id"], lab.settings) == "succeeded"
     detail = lab.client.get(f"/api/v1/runs/{run['id']}").json()
-    return {"run": run["id"], "artifact": detail["artifacts"][0]["id"]}
+    sweep = lab.client.post(
+        "/api/v1/sweeps",
+        json={"kind": "faketrain", "space": {"lr": {"type": "choice", "values": [0.1]}}, "budget": 1,
+              "objective": {"metric": "final_loss"}, "direction": "minimize"},
+    )
+    assert sweep.status_code == 201, sweep.text
+    return {"run": run["id"], "artifact": detail["artifacts"][0]["id"], "sweep": sweep.json()["id"]}
 
 
 def _fill(path: str, world: dict[str, int]) -> str:
@@ -50,6 +56,7 @@ def _fill(path: str, world: dict[str, int]) -> str:
         path.replace("{run_id}", str(world["run"]))
         .replace("{artifact_id}", str(world["artifact"]))
         .replace("{name}", "FashionMNIST/tiny")
+        .replace("{sweep_id}", str(world["sweep"]))
     )
 
 

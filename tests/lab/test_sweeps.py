@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from server.core import artifacts as artifact_store
 from server.core import transitions
-from server.core.models import Artifact, Metric, Run, Sweep, SweepTrial, utcnow
+from server.core.artifacts import run_dir
+from server.core.models import Metric, Run, Sweep, SweepTrial, utcnow
 from server.services import sweeps as sweeps_service
 from tests.lab.conftest import count_rows
 
@@ -205,7 +207,7 @@ def test_a_good_pretrain_sweep_sets_the_knn_monitor_and_starts_its_trials(lab):
             )
             assert run.spec["data"]["batch_size"] == trial["params"]["data.batch_size"]
             assert run.spec["optim"]["num_epochs"] == 1
-    assert lab.client.post("/api/v1/sweeps", json=body).status_code == 401
+    assert lab.anon.post("/api/v1/sweeps", json=body).status_code == 401
     listed = lab.client.get("/api/v1/sweeps").json()
     assert listed["total"] == 1 and listed["items"][0]["id"] == sweep["id"]
     assert lab.client.get("/api/v1/sweeps/999").status_code == 404
@@ -285,12 +287,11 @@ def test_an_evaluation_child_scores_each_trial(lab):
         direction="maximize",
     )
     run_id = trials(lab, sweep["id"])[0].run_id
+    checkpoint = run_dir(lab.settings.artifact_root, run_id) / "c.json"  # real bytes: the child pins them
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text("{}")
     with lab.session() as session:
-        session.add(
-            Artifact(
-                run_id=run_id, kind="checkpoint", options={}, path=f"runs/{run_id}/c.json", sha256="0" * 64, size=1
-            )
-        )
+        artifact_store.record(session, lab.settings.artifact_root, run_id, checkpoint, "checkpoint", {})
         session.commit()
     finish(lab, run_id, result={"final_loss": 0.2})
     step(lab, sweep["id"])
@@ -374,7 +375,7 @@ def test_cancel_cancels_the_running_trials(lab):
     assert not step(lab, sweep["id"])
     assert len(trials(lab, sweep["id"])) == 2
     assert lab.client.post(f"/api/v1/sweeps/{sweep['id']}/cancel", headers=lab.auth).status_code == 409
-    assert lab.client.post(f"/api/v1/sweeps/{sweep['id']}/cancel").status_code == 401
+    assert lab.anon.post(f"/api/v1/sweeps/{sweep['id']}/cancel").status_code == 401
 
 
 def test_one_controller_at_a_time_and_a_half_made_trial_is_completed_not_duplicated(lab):
