@@ -261,7 +261,7 @@ class Trainer:
         return stop
 
     def _to_device(self, batch: tuple) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        teacher, groups, labels = batch
+        teacher, groups, labels = self.data.device_batch(batch, self.device)
         fmt = torch.channels_last if self.spec.runtime.channels_last else torch.contiguous_format
         nb = self.device.type == "cuda"
         teacher = teacher.to(self.device, non_blocking=nb).contiguous(memory_format=fmt)
