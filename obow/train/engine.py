@@ -174,6 +174,7 @@ class Trainer:
                 )
         if spec.runtime.compile:
             self.model.student.compile()
+            self.model.teacher.compile()  # a no-grad graph of its own; the EMA updates its inputs in place
         self.optimizer = build_optimizer(self.model, spec)
         self.state = TrainState()
         self.health = UsageWindow(
