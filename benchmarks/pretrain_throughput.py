@@ -50,7 +50,7 @@ CONFIGS: dict[str, tuple[str, list[str], int]] = {
             "data.img_patch_jitter=8",
             "model.bow_extractor_opts.num_words=64",
         ],
-        10,
+        5,
     ),
     "r18-gpu": ("ImageNet20/ResNet18_OBoW_full", ["data.batch_size=128"], 10),
     "r50": ("ImageNetFull/ResNet50_OBoW_full", ["data.batch_size=64"], 10),
@@ -173,7 +173,7 @@ def main() -> None:
                     start = time.perf_counter()
                     res = run_child(variant, config, args.device, args.threads, Path(refs))
                     results.setdefault((config, variant), []).append(res)
-                    shown = f"{res['img_per_s']:.2f} img/s" if "error" not in res else res["error"]
+                    shown = res.get("error") or f"{res['img_per_s']:.2f} img/s, {res['rss_mib']:.0f} MiB"
                     print(f"  [{config} round {rep + 1}] {variant}: {shown} ({time.perf_counter() - start:.0f} s)",
                           flush=True)
     print(f"load average after: {load_average()}")
