@@ -121,8 +121,9 @@ def extract_ref(ref: str, into: Path) -> Path:
     return target
 
 
-def run_child(variant: str, config: str, device: str, threads: int, refs_dir: Path) -> dict:
-    preset, overrides, steps = CONFIGS[config]
+def run_child(variant: str, config: str, device: str, threads: int, refs_dir: Path, steps: int | None = None) -> dict:
+    preset, overrides, default_steps = CONFIGS[config]
+    steps = steps or default_steps
     code_root = ROOT
     flags = variant
     if variant.startswith("ref:"):
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: per config)")
     args = parser.parse_args()
     print(f"load average before: {load_average()}  (cpus: {os.cpu_count()}, threads per run: {args.threads})")
     results: dict[tuple[str, str], list[dict]] = {}
@@ -171,7 +173,7 @@ def main() -> None:
             for rep in range(args.repeats):
                 for variant in args.variants:  # interleaved: one run of each variant per round
                     start = time.perf_counter()
-                    res = run_child(variant, config, args.device, args.threads, Path(refs))
+                    res = run_child(variant, config, args.device, args.threads, Path(refs), args.steps)
                     results.setdefault((config, variant), []).append(res)
                     shown = res.get("error") or f"{res['img_per_s']:.2f} img/s, {res['rss_mib']:.0f} MiB"
                     print(f"  [{config} round {rep + 1}] {variant}: {shown} ({time.perf_counter() - start:.0f} s)",
