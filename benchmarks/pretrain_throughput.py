@@ -1,122 +1,204 @@
-"""Images/s and peak memory of one full OBoW training step, a straightforward variant beside the optimised one.
+"""Images/s and peak memory of one full OBoW training step, several variants compared in one run.
 
-The step is timed on synthetic tensors (data loading is benchmarked in data_throughput.py), so the
-table isolates the model: student forwards over every crop type, teacher forward, distances to the
-K words, vocabulary update, weight generators, loss and SGD.
+Every measurement runs in a fresh subprocess (so its peak RSS is its own), the variants are
+interleaved round-robin (so a change in the machine's load hits all of them alike), and the table
+shows the median of the repeats. The step is timed on synthetic tensors, isolating the model: student
+forwards over every crop type, EMA, teacher forward, distances to the K words, vocabulary update,
+weight generators, loss, backward and SGD.
 
-    python benchmarks/pretrain_throughput.py                 # CPU presets (tiny, FashionMNIST cpu)
-    python benchmarks/pretrain_throughput.py --gpu           # + ResNet18/50 at the original sizes
+Variants: `ref:<git ref>` runs the library as committed at that ref (extracted with `git archive`
+into a temporary folder, nothing in the repository changes), e.g. `ref:main` for the code before
+this branch; `fp32` is this tree as configured by default; `+cl` adds channels_last, `+compile`
+torch.compile of the student and teacher.
+
+    python benchmarks/pretrain_throughput.py                          # both CPU configs, 5 repeats
+    python benchmarks/pretrain_throughput.py --configs small --repeats 3 --variants fp32 fp32+cl
+    python benchmarks/pretrain_throughput.py --device cuda --configs r50 --variants fp32 bf16+cl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (preset, overrides, steps timed); "full" and "small" are the ResNet18 sizes of issue 12.
+CONFIGS: dict[str, tuple[str, list[str], int]] = {
+    "full": (
+        "ImageNet20/ResNet18_OBoW_full",
+        ["data.batch_size=16", "model.bow_extractor_opts.num_words=8192"],
+        3,
+    ),
+    "small": (
+        "ImageNet20/ResNet18_OBoW_full",
+        [
+            "data.batch_size=8",
+            "data.teacher_resize=192",
+            "data.teacher_size=192",
+            "data.image_crop_size=48",
+            "data.img_patch_size=32",
+            "data.img_patch_preresize=64",
+            "data.img_patch_jitter=8",
+            "model.bow_extractor_opts.num_words=64",
+        ],
+        5,
+    ),
+    "r18-gpu": ("ImageNet20/ResNet18_OBoW_full", ["data.batch_size=128"], 10),
+    "r50": ("ImageNetFull/ResNet50_OBoW_full", ["data.batch_size=64"], 10),
+}
+
+CHILD = r"""
+import json, resource, sys, time
 import torch
-
-from obow.config import PretrainSpec, load_pretrain_config
-from obow.models import bow_ops
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+from obow.config import load_pretrain_config
 from obow.models.obow import build_obow
 
+variant, device = args["variant"], torch.device(args["device"])
+spec = load_pretrain_config(args["preset"], args["overrides"])
+torch.manual_seed(0)
+model = build_obow(spec).to(device)
+model.total_iterations = 10_000
+cl = "+cl" in variant
+fmt = torch.channels_last if cl else torch.contiguous_format
+if cl:
+    model.to(memory_format=torch.channels_last)
+if "+compile" in variant:
+    model.student.compile()
+    model.teacher.compile()
+opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
+d, b = spec.data, spec.data.batch_size
+teacher = torch.randn(b, 3, d.teacher_size, d.teacher_size, device=device).contiguous(memory_format=fmt)
+groups = []
+for n, s in ((d.num_img_crops, d.image_crop_size), (d.num_img_patches, d.img_patch_size)):
+    if n:
+        g = torch.randn(b * n, 3, s, s, device=device).contiguous(memory_format=fmt)
+        groups.append(g.unflatten(0, (b, n)))
+labels = torch.randint(0, spec.model.num_classes or 1, (b,), device=device)
+bf16 = variant.startswith("bf16")
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+times = []
+for step in range(args["warmup"] + args["steps"]):
+    sync()
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = model(teacher, groups, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sync()
+    if step >= args["warmup"]:
+        times.append(time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+print("RESULT " + json.dumps({"img_per_s": b * len(times) / sum(times), "rss_mib": peak, "gpu_mib": gpu}))
+"""
 
-def naive_squared_distances(features: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """The literal definition: a [B, K, C, h, w] difference tensor. Memory-hungry on purpose."""
-    diff = features.unsqueeze(1) - words.view(1, words.shape[0], words.shape[1], 1, 1)
-    return diff.pow(2).sum(dim=2)
+
+def extract_ref(ref: str, into: Path) -> Path:
+    """The `obow/` package as committed at `ref`, unpacked under `into` (read-only use of the repo)."""
+    target = into / ref.replace("/", "_")
+    if not target.exists():
+        target.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "obow"], check=True, capture_output=True)
+        archive_path = target / "obow.tar"
+        archive_path.write_bytes(archive.stdout)
+        with tarfile.open(archive_path) as tar:
+            tar.extractall(target, filter="data")
+        archive_path.unlink()
+    return target
 
 
-def batch_for(spec: PretrainSpec, batch: int, device: torch.device):
-    d = spec.data
-    teacher = torch.randn(batch, 3, d.teacher_size, d.teacher_size, device=device)
-    groups = []
-    if d.num_img_crops and not d.only_patches:
-        groups.append(torch.randn(batch, d.num_img_crops, 3, d.image_crop_size, d.image_crop_size, device=device))
-    if d.num_img_patches:
-        groups.append(torch.randn(batch, d.num_img_patches, 3, d.img_patch_size, d.img_patch_size, device=device))
-    labels = torch.randint(0, spec.model.num_classes or 1, (batch,), device=device)
-    return teacher, groups, labels
+def run_child(variant: str, config: str, device: str, threads: int, refs_dir: Path, steps: int | None = None) -> dict:
+    preset, overrides, default_steps = CONFIGS[config]
+    steps = steps or default_steps
+    code_root = ROOT
+    flags = variant
+    if variant.startswith("ref:"):
+        ref, _, flags = variant[4:].partition("+")
+        code_root = extract_ref(ref, refs_dir)
+        flags = "fp32" + ("+" + flags if flags else "")
+    args = {
+        "variant": flags,
+        "device": device,
+        "preset": preset,
+        "overrides": overrides,
+        "steps": steps,
+        "warmup": 3 if "+compile" in flags else 2,
+        "threads": threads,
+    }
+    env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True, env=env, cwd=code_root
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail)}
 
 
-def measure(spec: PretrainSpec, variant: str, device: torch.device, batch: int, steps: int) -> tuple[float, float]:
-    torch.manual_seed(0)
-    model = build_obow(spec).to(device)
-    model.total_iterations = 10_000
-    original = bow_ops.squared_distances
-    bf16 = variant.endswith("bf16") or "+bf16" in variant
-    if variant == "naive":
-        bow_ops.squared_distances = naive_squared_distances
-    if "channels_last" in variant:
-        model.to(memory_format=torch.channels_last)
-    if "compile" in variant:
-        model.student.compile()
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
-    data = batch_for(spec, batch, device)
-    if "channels_last" in variant:
-        data = (data[0].contiguous(memory_format=torch.channels_last), data[1], data[2])
+def load_average() -> str:
     try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        elapsed = 0.0
-        for step in range(steps + 2):  # two warm-up steps
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = model(*data)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step >= 2:
-                elapsed += time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        return batch * steps / elapsed, peak
-    finally:
-        bow_ops.squared_distances = original
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", action="store_true", help="also the original ResNet18/50 configs on CUDA")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--configs", nargs="+", default=["full", "small"], choices=sorted(CONFIGS))
+    parser.add_argument("--variants", nargs="+", default=["ref:main", "fp32", "fp32+cl"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: per config)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
-    cpu = torch.device("cpu")
-    for preset, batch in (("FashionMNIST/tiny", 32), ("FashionMNIST/ResNet18s_OBoW_full_cpu", 128)):
-        for levels in (["block4"], ["block3", "block4"]):
-            spec = load_pretrain_config(preset, [f"model.bow_levels={levels}"])
-            kind = "vanilla" if len(levels) == 1 else "full"
-            for variant in ("naive", "optimised"):
-                ips, _ = measure(spec, variant, cpu, batch, args.steps)
-                rows.append((preset, kind, "cpu", variant, batch, ips, peak_rss_mb()))
-    if args.gpu and torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        for preset, batch in (
-            ("ImageNet20/ResNet18_OBoW_vanilla", 256),
-            ("ImageNet20/ResNet18_OBoW_full", 128),
-            ("ImageNetFull/ResNet50_OBoW_full", 64),
-        ):
-            spec = load_pretrain_config(preset, [f"data.batch_size={batch}"] if batch != 256 else [])
-            for variant in ("naive", "fp32", "bf16+channels_last", "bf16+channels_last+compile"):
-                try:
-                    ips, peak = measure(spec, variant, gpu, batch, args.steps)
-                except torch.OutOfMemoryError:
-                    ips, peak = float("nan"), float("inf")
-                    torch.cuda.empty_cache()
-                rows.append((preset, "", "cuda", variant, batch, ips, peak))
-    print(f"{'preset':40} {'levels':8} {'dev':5} {'variant':28} {'batch':>5} {'img/s':>9} {'peak MiB':>9}")
-    for preset, kind, dev, variant, batch, ips, peak in rows:
-        print(f"{preset:40} {kind:8} {dev:5} {variant:28} {batch:5d} {ips:9.1f} {peak:9.0f}")
-    print("(peak: CUDA max allocated on GPU, process max RSS on CPU)")
+    print(f"load average before: {load_average()}  (cpus: {os.cpu_count()}, threads per run: {args.threads})")
+    results: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as refs:
+        for config in args.configs:
+            for rep in range(args.repeats):
+                for variant in args.variants:  # interleaved: one run of each variant per round
+                    start = time.perf_counter()
+                    res = run_child(variant, config, args.device, args.threads, Path(refs), args.steps)
+                    results.setdefault((config, variant), []).append(res)
+                    shown = res.get("error") or f"{res['img_per_s']:.2f} img/s, {res['rss_mib']:.0f} MiB"
+                    print(f"  [{config} round {rep + 1}] {variant}: {shown} ({time.perf_counter() - start:.0f} s)",
+                          flush=True)
+    print(f"load average after: {load_average()}")
+    header = f"{'config':8} {'variant':22} {'img/s (median)':>15} {'min':>7} {'max':>7} {'peak RSS MiB':>13}"
+    if args.device == "cuda":
+        header += f" {'GPU MiB':>8}"
+    print(header)
+    for config in args.configs:
+        base = None
+        for variant in args.variants:
+            runs = [r for r in results[(config, variant)] if "error" not in r]
+            if not runs:
+                print(f"{config:8} {variant:22} failed: {results[(config, variant)][0]['error']}")
+                continue
+            ips = [r["img_per_s"] for r in runs]
+            med = statistics.median(ips)
+            base = base or med
+            rss = max(r["rss_mib"] for r in runs)
+            line = f"{config:8} {variant:22} {med:15.2f} {min(ips):7.2f} {max(ips):7.2f} {rss:13.0f}"
+            if args.device == "cuda":
+                line += f" {max(r['gpu_mib'] for r in runs):8.0f}"
+            print(line + f"   ×{med / base:.2f} vs first")
+    print(f"(median of {args.repeats} fresh-process runs per variant, interleaved; peak RSS = max over runs)")
 
 
 if __name__ == "__main__":

@@ -214,6 +214,11 @@ class RuntimeSpec(StrictModel):
     resume: bool = Field(True, description="Continue from the newest checkpoint in the output folder")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    data_pipeline: Literal["pil", "batched"] = Field(
+        "pil",
+        description="Views per sample with PIL in the loader workers, or per batch with tensor ops on the "
+        "training device (decoded by torchvision.io, on the GPU when training there)",
+    )
     compile: bool = False
     print_freq: int = Field(50, ge=1, le=MAX_COUNT)
     save_every_iters: int | None = Field(

@@ -10,20 +10,68 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half/bfloat16 to float32 and leave float32/float64 alone: targets and losses are computed
+    in full precision under autocast, and a float64 model (the exact-step tests) stays float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def border_crop(features: torch.Tensor) -> torch.Tensor:
     """Drop one location on every side of a [B, C, H, W] map (padding-affected borders)."""
     return features[:, :, 1:-1, 1:-1]
+
+
+def to_rows(features: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> [B·h·w, C], one row per location (image-major, then row-major in the map)."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+def word_norms(words: torch.Tensor) -> torch.Tensor:
+    """‖v_k‖² of every word [K]: computed once per step and shared by every distance of the step."""
+    return words.pow(2).sum(dim=1)
+
+
+def partial_distances(rows: torch.Tensor, words: torch.Tensor, words_sq: torch.Tensor) -> torch.Tensor:
+    """‖v_k‖² − 2⟨f_u, v_k⟩ for every row u and word k -> [N, K], as one `addmm`.
+
+    This is the squared distance minus ‖f_u‖², a per-row constant: the nearest word, the soft codes
+    (a softmax over k is shift invariant) and the word usage need nothing more, and adding ‖f_u‖² back
+    costs a full pass over the [N, K] matrix, so only the per-row minimum gets it.
+    """
+    return torch.addmm(words_sq, rows, words.t(), beta=1.0, alpha=-2.0)
+
+
+def nearest_words(partial: torch.Tensor, rows_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared distance to the nearest word [N], its index [N]) from one min/argmin pass over [N, K]."""
+    values, index = partial.min(dim=1)
+    return (values + rows_sq).clamp_min_(0.0), index
 
 
 def squared_distances(features: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distance of every location of [B, C, h, w] to every word of [K, C] -> [B, K, h, w].
 
     Expanded as ||f||² + ||v||² − 2<f, v>: one matrix product instead of a [B, K, C, h, w] difference.
+    The result is a [B, K, h, w] view of a location-major buffer (no transposing copy).
     """
-    f_sq = features.pow(2).sum(dim=1, keepdim=True)  # [B, 1, h, w]
-    v_sq = words.pow(2).sum(dim=1).view(1, -1, 1, 1)  # [1, K, 1, 1]
-    cross = torch.einsum("bchw,kc->bkhw", features, words)
-    return (f_sq + v_sq - 2.0 * cross).clamp_min_(0.0)
+    b, _c, h, w = features.shape
+    rows = to_rows(features)
+    d = partial_distances(rows, words, word_norms(words)).add_(rows.pow(2).sum(dim=1, keepdim=True))
+    return d.clamp_min_(0.0).view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def soft_code_rows(partial: torch.Tensor, inv_delta: float, mean_min_distance: torch.Tensor) -> torch.Tensor:
+    """Soft codes of [N, K] `partial_distances`: softmax over K of −(inv_delta / μ)·d.
+
+    Equal to `soft_codes` of the full distances, because the missing ‖f_u‖² is constant along K.
+    """
+    return F.softmax(partial * (-inv_delta / mean_min_distance), dim=1)
+
+
+def pool_bow_rows(codes: torch.Tensor, batch: int, mode: str = "max") -> torch.Tensor:
+    """Pool [B·h·w, K] location-major codes over each image's locations -> L1-normalised BoW [B, K]."""
+    per_image = codes.view(batch, -1, codes.shape[1])
+    pooled = per_image.amax(dim=1) if mode == "max" else per_image.mean(dim=1)
+    return F.normalize(pooled, p=1, dim=1)
 
 
 def update_mean_min_distance(current: torch.Tensor, batch_mean_min: torch.Tensor, decay: float) -> torch.Tensor:

@@ -103,35 +103,42 @@ class OBoW(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(
-        self, teacher_img: torch.Tensor, crop_groups: list[torch.Tensor], labels: torch.Tensor | None = None
+        self,
+        teacher_img: torch.Tensor,
+        crop_groups: list[torch.Tensor],
+        labels: torch.Tensor | None = None,
+        location_generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One training step's loss and its monitoring values.
 
         `crop_groups` holds one [B, n, 3, s, s] tensor per crop type (e.g. the 160 px crops and the
         96 px patches); each type is a separate student batch, as BN statistics differ by size.
+        The classifier weights κ·G(V) are generated once per step and shared by every crop type, as in
+        the method (the generator BN sees the K words once per step). `location_generator` draws the
+        queue-insert locations (None: the global RNG), so tests and external checks can fix them.
         """
         vocabularies = self.bow_extractor.vocabularies()  # the words as they are before this step
+        weights = self.bow_predictor.classifier_weights(vocabularies)
         logits_per_type: list[list[torch.Tensor]] = []
         for group in crop_groups:
-            _b, n = group.shape[:2]
             pooled = self.student(group.flatten(0, 1), taps=("pooled",))["pooled"]
-            logits_per_type.append(self.bow_predictor(pooled, vocabularies))
+            logits_per_type.append(self.bow_predictor(pooled, weights))
 
         with torch.no_grad():
             alpha = self.update_teacher()
             teacher_maps = self.teacher(teacher_img, taps=tuple(self.bow_levels))
             targets, level_stats = self.bow_extractor(
-                [teacher_maps[level] for level in self.bow_levels], update=True
+                [teacher_maps[level] for level in self.bow_levels], update=True, generator=location_generator
             )
 
         self.last_usage_counts = [stats.pop("usage_counts") for stats in level_stats]
         # Monitoring values stay tensors until one transfer at the end: one device sync per step.
         watched: dict[str, torch.Tensor] = {}
-        total = teacher_img.new_zeros((), dtype=torch.float32)
+        total = teacher_img.new_zeros((), dtype=torch.promote_types(teacher_img.dtype, torch.float32))
         for group, level_logits in zip(crop_groups, logits_per_type, strict=True):
             n, size = group.shape[1], group.shape[-1]
             per_level = [
-                bow_ops.bow_loss(logits.float(), bow_ops.expand_target(target, n))
+                bow_ops.bow_loss(bow_ops.at_least_fp32(logits), bow_ops.expand_target(target, n))
                 for logits, target in zip(level_logits, targets, strict=True)
             ]
             loss = torch.stack(per_level).mean()
@@ -145,13 +152,13 @@ class OBoW(nn.Module):
             watched[f"temperature_mu_lev@{i}"] = self.bow_extractor.levels[i]._min_distance_mean[0]
 
         if self.linear_classifier is not None and labels is not None:
-            scores = self.linear_classifier(teacher_maps[self.bow_levels[-1]].detach().float())
+            scores = self.linear_classifier(bow_ops.at_least_fp32(teacher_maps[self.bow_levels[-1]].detach()))
             monitor = F.cross_entropy(scores, labels)
             total = total + monitor
             watched["loss_cls"] = monitor.detach()
             watched["linear_acc@1"] = (scores.argmax(1) == labels).float().mean() * 100
         watched["loss_total"] = total.detach()
-        numbers = torch.stack([v.float().reshape(()) for v in watched.values()]).tolist()
+        numbers = torch.stack([v.double().reshape(()) for v in watched.values()]).tolist()
         values = {"alpha": alpha, **dict(zip(watched, numbers, strict=True))}
         return total, values
 

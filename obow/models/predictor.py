@@ -44,9 +44,17 @@ class BoWPredictor(nn.Module):
         self.scale = nn.Parameter(torch.tensor(kappa, dtype=torch.float32), requires_grad=learn_kappa)
 
     def classifier_weights(self, vocabularies: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per level, κ_l·G_l(V_l): [K_l, feature_dim]."""
+        """Per level, κ_l·G_l(V_l): [K_l, feature_dim].
+
+        Call it once per training step and pass the result to `forward` for every crop type: the
+        generators' BatchNorm then sees one batch of words per step (its running statistics, and so the
+        exported eval-mode classifier, follow the method), and the K-row generator runs only once.
+        """
         return [self.scale[i] * gen(v) for i, (gen, v) in enumerate(zip(self.layers_w, vocabularies, strict=True))]
 
-    def forward(self, features: torch.Tensor, vocabularies: list[torch.Tensor]) -> list[torch.Tensor]:
-        """BoW logits per level for raw (un-normalised) pooled student features [N, C]."""
-        return [features @ w.t() for w in self.classifier_weights(vocabularies)]
+    def forward(self, features: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """BoW logits per level for raw (un-normalised) pooled student features [N, C].
+
+        `weights` are this step's `classifier_weights`, shared by every crop type.
+        """
+        return [features @ w.t() for w in weights]

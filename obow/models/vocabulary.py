@@ -39,35 +39,46 @@ class VocabularyLevel(nn.Module):
         return self._embedding
 
     @torch.no_grad()
-    def forward(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def forward(
+        self, features: torch.Tensor, update: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """BoW targets [B, K] and codes [B, K, h, w] of a teacher map; in training also refresh the queue.
 
         Order matters and follows the method: the temperature statistic is updated before the codes
         are computed, and the queue is written after the distances (to the pre-update words).
+        `generator` draws the insert locations (None: the global RNG).
         """
         with torch.autocast(device_type=features.device.type, enabled=False):
-            return self._extract(bow_ops.border_crop(features.float()), update)
+            return self._extract(bow_ops.border_crop(bow_ops.at_least_fp32(features)), update, generator)
 
-    def _extract(self, features: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        distances = bow_ops.squared_distances(features, self._embedding)
-        stats: dict[str, float] = {}
+    def _extract(
+        self, features: torch.Tensor, update: bool, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        b, _c, h, w = features.shape
+        rows = bow_ops.to_rows(features)  # [B·h·w, C]
+        # Distances to the words as they are before this step's insert (the insert below rewrites them).
+        partial = bow_ops.partial_distances(rows, self._embedding, bow_ops.word_norms(self._embedding))
+        stats: dict[str, torch.Tensor] = {}
+        nearest: torch.Tensor | None = None
+        if update or self.inv_delta is None:
+            min_distance, nearest = bow_ops.nearest_words(partial, rows.pow(2).sum(dim=1))
         if update:
-            batch_min = distances.amin(dim=1).mean()
-            batch_min = dist_utils.all_reduce_mean(batch_min)
+            batch_min = dist_utils.all_reduce_mean(min_distance.mean())
             self._min_distance_mean.copy_(
                 bow_ops.update_mean_min_distance(self._min_distance_mean, batch_min, self.min_distance_decay)
             )
             self._track_num_batches += 1
             stats["min_distance"] = batch_min.detach()
-            usage = torch.bincount(distances.argmin(dim=1).flatten(), minlength=self.num_words)
+            usage = torch.bincount(nearest, minlength=self.num_words)
             stats["usage_counts"] = dist_utils.all_reduce_sum(usage)
-            candidates = bow_ops.vocabulary_candidates(features, self.update_type)
+            candidates = bow_ops.vocabulary_candidates(features, self.update_type, generator)
             bow_ops.queue_insert(self._embedding, self._embedding_ptr, dist_utils.gather_concat(candidates))
         if self.inv_delta is None:
-            codes = bow_ops.hard_codes(distances)
+            codes = torch.nn.functional.one_hot(nearest, self.num_words).to(partial.dtype)
         else:
-            codes = bow_ops.soft_codes(distances, self.inv_delta, self._min_distance_mean)
-        return bow_ops.pool_bow(codes, self.bow_pool), codes, stats
+            codes = bow_ops.soft_code_rows(partial, self.inv_delta, self._min_distance_mean)
+        bow = bow_ops.pool_bow_rows(codes, b, self.bow_pool)
+        return bow, codes.view(b, h, w, -1).permute(0, 3, 1, 2), stats
 
 
 class BoWExtractor(nn.Module):
@@ -80,11 +91,11 @@ class BoWExtractor(nn.Module):
         return [level.words.detach().clone() for level in self.levels]
 
     def forward(
-        self, feature_maps: list[torch.Tensor], update: bool
+        self, feature_maps: list[torch.Tensor], update: bool, generator: torch.Generator | None = None
     ) -> tuple[list[torch.Tensor], list[dict]]:
         bows, stats = [], []
         for level, fmap in zip(self.levels, feature_maps, strict=True):
-            bow, _, level_stats = level(fmap, update)
+            bow, _, level_stats = level(fmap, update, generator)
             bows.append(bow)
             stats.append(level_stats)
         return bows, stats

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from obow.config.pretrain import PretrainSpec
+from obow.data.batched import BatchedMultiCrop, RawImageDataset, collate_raw, decode
 from obow.data.multicrop import MultiCropDataset, collate_multicrop
 from obow.data.sources import open_dataset
 
@@ -51,10 +52,20 @@ class ShardedEpochSampler(Sampler[tuple[int, int]]):
 @dataclass
 class PretrainData:
     spec: PretrainSpec
-    dataset: MultiCropDataset
+    dataset: MultiCropDataset | RawImageDataset
     num_samples: int
     rank: int
     world: int
+    views: BatchedMultiCrop | None = None  # the batched pipeline's view maker (None: PIL views in the loader)
+
+    def device_batch(self, batch: tuple, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(teacher, crop groups, labels): the loader's batch, or for the batched pipeline the views made
+        from the raw images on `device` (decoded there when they arrive encoded)."""
+        if self.views is None:
+            return batch
+        images, labels, seeds = batch
+        teacher, groups = self.views(decode(images, device), seeds)
+        return teacher, groups, labels
 
     @property
     def per_rank_batch(self) -> int:
@@ -78,7 +89,7 @@ class PretrainData:
             batch_size=self.per_rank_batch,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate_multicrop,
+            collate_fn=collate_multicrop if self.views is None else collate_raw,
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
             persistent_workers=False,
@@ -101,5 +112,9 @@ def build_pretrain_data(spec: PretrainSpec, rank: int = 0, world_size: int = 1) 
             f"data.batch_size ({spec.data.batch_size}) must split evenly over {world_size} processes"
         )
     source = open_dataset(spec.data.dataset_name, spec.data.data_dir, "train", spec.data.subset)
+    if spec.runtime.data_pipeline == "batched":
+        on_gpu = spec.runtime.device != "cpu" and torch.cuda.is_available()
+        raw = RawImageDataset(source, seed=spec.runtime.seed, decode_in_worker=not on_gpu)
+        return PretrainData(spec, raw, len(source), rank, world_size, BatchedMultiCrop(spec.data))
     dataset = MultiCropDataset(source, spec.data, seed=spec.runtime.seed)
     return PretrainData(spec, dataset, len(source), rank, world_size)

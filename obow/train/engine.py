@@ -8,6 +8,7 @@ never interrupted (on CPU; GPU kernels are not bitwise deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -82,6 +83,51 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def build_optimizer(model: OBoW, spec: PretrainSpec) -> torch.optim.SGD:
+    """One SGD group over every trainable parameter (student, generators, monitor), as the original."""
+    o = spec.optim
+    return torch.optim.SGD(
+        model.trainable_parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+    )
+
+
+def training_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor],
+    lr: float,
+    autocast: Any = None,
+    iteration: int = 0,
+    location_generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One optimisation step on a device batch: forward (EMA, targets, queue), backward, SGD.
+
+    A function of its own so that a test can run exactly the engine's step against an independent
+    re-implementation; `location_generator` fixes the queue-insert locations there.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    extra = {} if location_generator is None else {"location_generator": location_generator}
+    with autocast if autocast is not None else contextlib.nullcontext():
+        loss, values = network(*batch, **extra)
+    if not math.isfinite(values["loss_total"]):
+        raise FloatingPointError(f"loss became {values['loss_total']} at iteration {iteration}; lower optim.lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return values
+
+
+def _in_format(group: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """A [B, n, 3, s, s] crop group laid out so that its [B·n, 3, s, s] flatten has format `fmt`.
+
+    5-D tensors have no channels-last format of their own (channels_last_3d would treat n as the
+    channels), so the layout is set on the flattened batch and the view unflattened again.
+    """
+    b, n = group.shape[:2]
+    return group.flatten(0, 1).contiguous(memory_format=fmt).unflatten(0, (b, n))
+
+
 class Trainer:
     """Holds one process's model, optimizer and loader; `fit` runs the epochs."""
 
@@ -121,11 +167,8 @@ class Trainer:
                 )
         if spec.runtime.compile:
             self.model.student.compile()
-        o = spec.optim
-        self.optimizer = torch.optim.SGD(
-            self.model.trainable_parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-            nesterov=o.nesterov,
-        )
+            self.model.teacher.compile()  # a no-grad graph of its own; the EMA updates its inputs in place
+        self.optimizer = build_optimizer(self.model, spec)
         self.state = TrainState()
         self.health = UsageWindow(
             spec.model.per_level("num_words"), spec.runtime.health_window, spec.runtime.collapse_threshold
@@ -212,11 +255,11 @@ class Trainer:
         return stop
 
     def _to_device(self, batch: tuple) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        teacher, groups, labels = batch
+        teacher, groups, labels = self.data.device_batch(batch, self.device)
         fmt = torch.channels_last if self.spec.runtime.channels_last else torch.contiguous_format
         nb = self.device.type == "cuda"
         teacher = teacher.to(self.device, non_blocking=nb).contiguous(memory_format=fmt)
-        groups = [g.to(self.device, non_blocking=nb) for g in groups]
+        groups = [_in_format(g.to(self.device, non_blocking=nb), fmt) for g in groups]
         return teacher, groups, labels.to(self.device, non_blocking=nb)
 
     def fit(self) -> dict[str, Any]:
@@ -237,18 +280,10 @@ class Trainer:
                     self.save()
                     raise StopRequested(f"stopped at epoch {epoch} iteration {st.iteration_in_epoch}")
                 lr = learning_rate(spec.optim, epoch, st.iteration_in_epoch, self.iters_per_epoch)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
                 teacher, groups, labels = self._to_device(batch)
-                with autocast:
-                    loss, values = self.network(teacher, groups, labels)
-                if not math.isfinite(values["loss_total"]):
-                    raise FloatingPointError(
-                        f"loss became {values['loss_total']} at iteration {st.global_iteration}; lower optim.lr"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                values = training_step(
+                    self.network, self.optimizer, (teacher, groups, labels), lr, autocast, st.global_iteration
+                )
                 st.iteration_in_epoch += 1
                 st.global_iteration += 1
                 values["lr"] = lr

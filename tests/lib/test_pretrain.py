@@ -43,8 +43,9 @@ def test_loss_falls_and_checkpoints_are_written(tmp_path: Path):
     assert alphas[0] == pytest.approx(0.99, abs=1e-4) and alphas[-1] > 0.9999
 
 
-def test_resume_equals_uninterrupted_run(tmp_path: Path):
-    spec = tiny_spec("optim.num_epochs=2", "runtime.save_every_iters=3")
+@pytest.mark.parametrize("pipeline", ["pil", "batched"])
+def test_resume_equals_uninterrupted_run(tmp_path: Path, pipeline: str):
+    spec = tiny_spec("optim.num_epochs=2", "runtime.save_every_iters=3", f"runtime.data_pipeline={pipeline}")
     straight = RecordingReporter()
     run_pretrain(spec, tmp_path / "a", straight)
 
