@@ -84,11 +84,6 @@ def soft_codes(distances: torch.Tensor, inv_delta: float, mean_min_distance: tor
     return F.softmax(distances * (-inv_delta / mean_min_distance), dim=1)
 
 
-def hard_codes(distances: torch.Tensor) -> torch.Tensor:
-    """One-hot assignment to the nearest word (the `inv_delta=None` option)."""
-    return F.one_hot(distances.argmin(dim=1), distances.shape[1]).permute(0, 3, 1, 2).to(distances.dtype)
-
-
 def pool_bow(codes: torch.Tensor, mode: str = "max") -> torch.Tensor:
     """Spatially pool [B, K, h, w] codes to a bag of words [B, K], then L1-normalise it to a distribution."""
     pooled = codes.flatten(2).amax(dim=2) if mode == "max" else codes.flatten(2).mean(dim=2)

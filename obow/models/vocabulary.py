@@ -20,7 +20,7 @@ class VocabularyLevel(nn.Module):
         self,
         num_channels: int,
         num_words: int,
-        inv_delta: float | None,
+        inv_delta: float,
         bow_pool: str = "max",
         update_type: str = "local_average",
         min_distance_decay: float = 0.99,
@@ -59,10 +59,8 @@ class VocabularyLevel(nn.Module):
         # Distances to the words as they are before this step's insert (the insert below rewrites them).
         partial = bow_ops.partial_distances(rows, self._embedding, bow_ops.word_norms(self._embedding))
         stats: dict[str, torch.Tensor] = {}
-        nearest: torch.Tensor | None = None
-        if update or self.inv_delta is None:
-            min_distance, nearest = bow_ops.nearest_words(partial, rows.pow(2).sum(dim=1))
         if update:
+            min_distance, nearest = bow_ops.nearest_words(partial, rows.pow(2).sum(dim=1))
             batch_min = dist_utils.all_reduce_mean(min_distance.mean())
             self._min_distance_mean.copy_(
                 bow_ops.update_mean_min_distance(self._min_distance_mean, batch_min, self.min_distance_decay)
@@ -73,10 +71,7 @@ class VocabularyLevel(nn.Module):
             stats["usage_counts"] = dist_utils.all_reduce_sum(usage)
             candidates = bow_ops.vocabulary_candidates(features, self.update_type, generator)
             bow_ops.queue_insert(self._embedding, self._embedding_ptr, dist_utils.gather_concat(candidates))
-        if self.inv_delta is None:
-            codes = torch.nn.functional.one_hot(nearest, self.num_words).to(partial.dtype)
-        else:
-            codes = bow_ops.soft_code_rows(partial, self.inv_delta, self._min_distance_mean)
+        codes = bow_ops.soft_code_rows(partial, self.inv_delta, self._min_distance_mean)
         bow = bow_ops.pool_bow_rows(codes, b, self.bow_pool)
         return bow, codes.view(b, h, w, -1).permute(0, 3, 1, 2), stats
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from obow import distributed as dist_utils
 from obow.config.pretrain import PretrainSpec
+from obow.devices import resolve_device
 from obow.errors import CheckpointError, ConfigError, StopRequested
 from obow.hashing import sha256_of
 from obow.io.atomic import write_atomic
@@ -58,15 +59,6 @@ class TrainState:
     epoch: int = 0  # completed epochs
     iteration_in_epoch: int = 0  # completed iterations into `epoch`
     global_iteration: int = 0
-
-
-def resolve_device(spec: PretrainSpec, local_rank: int) -> torch.device:
-    wanted = spec.runtime.device
-    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("runtime.device is 'cuda' but no GPU is visible; use runtime.device=cpu")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -134,7 +126,7 @@ class Trainer:
     def __init__(self, spec: PretrainSpec, out_dir: Path, reporter: Reporter, rank: int = 0, world: int = 1):
         self.spec, self.out_dir, self.reporter = spec, Path(out_dir), reporter
         self.rank, self.world = rank, world
-        self.device = resolve_device(spec, rank)
+        self.device = resolve_device(spec.runtime.device, rank, "runtime.device")
         torch.manual_seed(spec.runtime.seed)
         random.seed(spec.runtime.seed)
         self.data: PretrainData = build_pretrain_data(spec, rank=rank, world_size=world)
@@ -363,7 +355,7 @@ def check_ranks_agree(model: OBoW, reporter: Reporter, when: str) -> None:
 def _train_process(
     rank: int, world: int, spec: PretrainSpec, out_dir: Path, reporter: Reporter, init_method: str | None
 ) -> dict[str, Any]:
-    device = resolve_device(spec, rank)
+    device = resolve_device(spec.runtime.device, rank, "runtime.device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True

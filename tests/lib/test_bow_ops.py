@@ -62,11 +62,6 @@ def test_hand_computed_bow_example():
     assert bow_avg[0].tolist() == pytest.approx([0.5, 0.5])
 
 
-def test_hard_codes_are_one_hot_nearest_word():
-    d = torch.tensor([[[[3.0]], [[1.0]], [[2.0]]]])  # [1, 3, 1, 1]
-    assert bow_ops.hard_codes(d)[0, :, 0, 0].tolist() == [0.0, 1.0, 0.0]
-
-
 def test_queue_insert_fifo_with_wrap_around():
     queue = torch.zeros(6, 2)
     ptr = torch.zeros(1, dtype=torch.long)
