@@ -47,8 +47,8 @@ from typing import Any
 import httpx
 from sqlalchemy import insert, select, update
 
-from benchmarks.lab_sse import free_port
 from benchmarks.lab_storage import KEYS, database, end_run, new_run
+from benchmarks.serving import free_port
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import LogLine, Run, utcnow
 from server.services import tokens

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import threading
@@ -23,16 +22,11 @@ import httpx
 import uvicorn
 
 from benchmarks.lab_storage import database, new_run, p95
+from benchmarks.serving import free_port
 from server.app import create_app
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.settings import Settings
 from worker.reporter import DbReporter
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def measure(backend: str, writes: int, rate: float) -> list[float]:

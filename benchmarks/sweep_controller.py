@@ -28,8 +28,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from benchmarks.lab_sse import free_port
 from benchmarks.lab_storage import database
+from benchmarks.serving import free_port
 from server.app import create_app
 from server.core import transitions
 from server.core.db import make_engine, make_sessionmaker, upgrade

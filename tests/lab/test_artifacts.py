@@ -58,9 +58,9 @@ def test_export_needs_a_checkpoint_and_a_known_format(lab):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "parent_id"]
     parent = _trained(lab)
     for body, loc in (
-        ({"format": "onnx"}, ["body", "spec", "format"]),
+        ({"format": "onnx"}, ["body", "format"]),
         ({"format": "../x"}, ["body", "format"]),
-        ({"format": "torchvision", "options": {"checkpoint": "/etc/passwd"}}, ["body", "spec", "checkpoint"]),
+        ({"format": "torchvision", "options": {"checkpoint": "/etc/passwd"}}, ["body", "options", "checkpoint"]),
     ):
         response = lab.client.post(f"/api/v1/runs/{parent['id']}/exports", json=body, headers=lab.auth)
         assert response.status_code == 422, body

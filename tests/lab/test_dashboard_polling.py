@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Page, sync_playwright
 
+from benchmarks.serving import serve_in_thread
 from server.app import create_app
-from tests.lab.conftest import _free_port
 from tests.lab.test_browser import ARGS, CHROMIUM
 
 DELAY_S = 5.0
@@ -71,22 +69,8 @@ def page() -> Iterator[Page]:
 
 
 def _serve(app) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def _browser_spans(page: Page, path: str) -> list[list[float]]:

@@ -58,7 +58,8 @@ def fill_leaving(directory: Path, leave_bytes: int) -> Path:
 
 def test_a_full_home_disk_fails_the_run_with_a_reason_shown_on_its_page(full_home: Path):
     settings = Settings(
-        home=full_home, secret_key_value="disk", min_free_mb=4, heartbeat_timeout_s=60, cancel_grace_s=1
+        home=full_home, secret_key_value="disk", min_free_mb=4, heartbeat_timeout_s=60, cancel_grace_s=1,
+        allowed_hosts_value="testserver",
     )
     upgrade(settings.db_url)
     app = create_app(settings, enqueue=lambda run: f"task-{run.id}", sweep_every_s=0)

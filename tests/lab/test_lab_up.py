@@ -204,13 +204,22 @@ def test_lab_up_uses_its_folder_and_replaces_a_killed_worker(start_up):
     killed_at = time.monotonic()
     with LabClient(up.url, up.token()) as client:
         run = client.submit(**PRETRAIN)  # while no worker lives
-        degraded = _wait(
-            lambda: (h := up.health())["status"] == "degraded" and h, LEASE_S + 3, "/healthz never said degraded", up
-        )
+        # /healthz turns `degraded` once the dead worker's beat is older than the lease, unless the keeper's
+        # new worker (1 s back-off) has beaten it there: on a quiet machine it often has, and then no moment
+        # was without a live worker (test_workers.py checks `degraded` itself, row by row)
+        def degraded_or_replaced():
+            health = up.health()
+            if health["status"] == "degraded":
+                return health
+            children = _children(up.proc.pid)
+            return health["status"] == "ok" and children and children != [first] and {"replaced": health}
+
+        degraded = _wait(degraded_or_replaced, LEASE_S + 10, "/healthz neither degraded nor a new worker", up)
         degraded_after = time.monotonic() - killed_at
-        assert degraded_after <= LEASE_S + 3
-        assert degraded["queues"]["gpu"]["workers"] == 0
-        assert degraded["queues"]["gpu"]["last_seen_at"] >= seen_before  # when the dead one was last seen
+        if "replaced" not in degraded:
+            assert degraded_after <= LEASE_S + 3
+            assert degraded["queues"]["gpu"]["workers"] == 0
+            assert degraded["queues"]["gpu"]["last_seen_at"] >= seen_before  # when the dead one was last seen
         _wait(lambda: "the worker exited (killed by SIGKILL)" in up.text(), 10, "the restart was not logged", up)
         second = _worker_of(up)
         back_after = time.monotonic() - killed_at

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
+from benchmarks.serving import serve_in_thread
 from server.app import create_app
-from tests.lab.conftest import REPO, _free_port
+from tests.lab.conftest import REPO
 from worker.tasks import claim
 
 SAFETY_NET_S = 30.0
@@ -53,23 +52,8 @@ print(time.time(), flush=True)
 @pytest.fixture
 def served(lab) -> Iterator[str]:
     settings = lab.settings.model_copy(update={"sse_poll_s": SAFETY_NET_S})
-    app = create_app(settings, enqueue=lab.enqueue, sweep_every_s=0)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=10)
+    with serve_in_thread(create_app(settings, enqueue=lab.enqueue, sweep_every_s=0)) as url:
+        yield url
 
 
 def _events(response: httpx.Response) -> Iterator[tuple[str, dict, float]]:
