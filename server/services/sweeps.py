@@ -612,7 +612,20 @@ def _start_trial_run(
             parent_id=None,
             queue=kinds_service.queue_for(sweep.kind),
         )
-        existing = runs_service.add_run_row(session, run, enqueue)
+        session.add(run)
+        session.flush()
+        # the link and the run are one transaction (transitions.create commits both): a controller killed
+        # in between leaves neither, and a trial another controller linked meanwhile gets no second run
+        linked = session.execute(
+            update(SweepTrial).where(SweepTrial.id == trial.id, SweepTrial.run_id.is_(None)).values(run_id=run.id)
+        ).rowcount
+        if not linked:
+            session.rollback()
+            session.refresh(trial)
+            return
+        runs_service.add_run_row(session, run, enqueue)
+        session.refresh(trial)
+        return
     session.execute(
         update(SweepTrial).where(SweepTrial.id == trial.id, SweepTrial.run_id.is_(None)).values(run_id=existing.id)
     )
