@@ -130,7 +130,9 @@ def test_a_pruned_trial_stops_at_its_next_step_with_a_checkpoint(live):
     # when that was its first step), written after the prune asked for it
     found = re.search(r"checkpoint_0001(?:_it(\d+))?\.pt$", newest.path)
     assert found and int(found.group(1) or 0) < 8, [a.path for a in ckpts]
-    assert newest.created_at >= cancelled_at and len(ckpts) >= 2
+    # written after the prune asked for it (when the stop came at the first step of epoch 2 it reuses
+    # the epoch-1 file name, so the store may hold one row for both)
+    assert newest.created_at >= cancelled_at
     stopped_at = 8 + int(found.group(1) or 0)
     assert trained_steps[-1] <= stopped_at < run["progress_total"] == 24, (trained_steps, stopped_at, run)
     assert (live.settings.artifact_root / newest.path).is_file()
