@@ -136,7 +136,10 @@ def bench(backend: str, points: int, big: int, runs: int, repeat: int) -> list[t
             if backend == "postgresql":
                 with engine.begin() as conn:
                     conn.exec_driver_sql("ANALYZE")
-            settings = Settings(home=scratch, database_url=url, secret_key_value="bench")
+            settings = Settings(
+                home=scratch, database_url=url, secret_key_value="bench", public_read=True,
+                allowed_hosts_value="testserver",
+            )
             with TestClient(create_app(settings, enqueue=lambda run: "x", sweep_every_s=0)) as client:
                 q = f"/api/v1/runs/{big_run}/metrics?keys={','.join(KEYS[:2])}&max_points=2000"
                 lat = timed(client, q, repeat)
