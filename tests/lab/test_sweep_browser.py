@@ -5,21 +5,18 @@ form filled with the best trial's spec. Starts a server: run under `flock /tmp/o
 from __future__ import annotations
 
 import re
-import threading
-import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 from sqlalchemy import select
 
+from benchmarks.serving import serve_in_thread
 from benchmarks.sweep_controller import seed_sweep
 from server.app import create_app
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import Run, SweepTrial
 from server.core.settings import Settings
 from server.services import tokens
-from tests.lab.conftest import _free_port
 from tests.lab.test_browser import ARGS, CHROMIUM
 
 
@@ -34,21 +31,8 @@ def test_the_sweep_page_draws_everything_and_promotes_the_best_trial(tmp_path):
         best = min(session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id)), key=lambda t: t.value)
         best_lr = session.get(Run, best.run_id).spec["lr"]
     settings = Settings(home=tmp_path, database_url=url, secret_key_value="browser")
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, enqueue=lambda run: "x", sweep_every_s=0),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/setup.sh"
-    try:
+    with serve_in_thread(create_app(settings, enqueue=lambda run: "x", sweep_every_s=0)) as base:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             page = browser.new_page(viewport={"width": 1300, "height": 900})
@@ -75,5 +59,3 @@ def test_the_sweep_page_draws_everything_and_promotes_the_best_trial(tmp_path):
             assert page.locator("#kind").input_value() == "faketrain"
             browser.close()
         assert errors == [], errors
-    finally:
-        server.should_exit = True
