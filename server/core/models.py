@@ -102,6 +102,12 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # organising (editable after launch; never read by the worker)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")  # Markdown, rendered safely
+    project: Mapped[str] = mapped_column(String(200), default="", server_default="", index=True)
+    launched_by: Mapped[str | None] = mapped_column(String(100))  # the API token's name
+    archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # set: hidden from the default list
 
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="run", order_by="Attempt.id", cascade="all, delete-orphan", passive_deletes=True
@@ -126,6 +132,9 @@ class Attempt(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     outcome: Mapped[str | None] = mapped_column(String(20))
     error: Mapped[str | None] = mapped_column(Text)
+    # where and with what this attempt ran: package version and git commit, torch/torchvision/CUDA
+    # versions, host, GPU model, the resolved spec's digest and the seed (written by the worker)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     run: Mapped[Run] = relationship(back_populates="attempts")
 
