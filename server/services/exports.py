@@ -12,14 +12,17 @@ from server.schemas import ExportCreate, RunCreate
 from server.services import runs as runs_service
 
 
-def create_export(session: Session, run_id: int, body: ExportCreate, settings: Settings, enqueue) -> Run:
+def create_export(
+    session: Session, run_id: int, body: ExportCreate, settings: Settings, enqueue, launched_by: str | None = None
+) -> Run:
     runs_service.get_run(session, run_id)
     if "export" not in kinds_service.kinds():
         raise invalid(("body", "format"), "this installation has no 'export' run kind")
     spec = {**body.options, "format": body.format}
     try:
         return runs_service.create_run(
-            session, RunCreate(kind="export", spec=spec, parent_id=run_id), settings, enqueue
+            session, RunCreate(kind="export", spec=spec, parent_id=run_id), settings, enqueue,
+            launched_by=launched_by,
         )
     except Invalid as err:  # name the request's fields: `format` and `options.<name>`, not the spec's
         raise Invalid([{**e, "loc": _request_loc(e["loc"])} for e in err.errors]) from None

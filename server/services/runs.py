@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, aliased, defer
 
 from obow.config import list_presets, preset_dict
 from obow.config.presets import deep_update
@@ -25,6 +25,7 @@ from server.core.paths import path_errors
 from server.core.settings import Settings
 from server.core.text import clean_text
 from server.schemas import RunCreate
+from server.services import search as search_service
 
 Enqueue = Callable[[Run], str]
 
@@ -46,17 +47,40 @@ def list_runs(
     parent_id: int | None = None,
     limit: int = 50,
     offset: int = 0,
+    q: str | None = None,
+    sort: str | None = None,
+    top_level: bool = False,
 ) -> tuple[list[Run], int]:
-    query = select(Run).options(defer(Run.spec))  # lists never show it: a spec is read on demand only
+    """A page of runs and how many match. `q` is the query language of `server.services.search`
+    (archived runs are hidden unless it asks for them, or a parent's children are listed); `top_level`
+    keeps runs without a parent and counts each one's children (`Run.child_count`)."""
+    dialect = session.get_bind().dialect.name
+    search = search_service.parse(q, dialect)
+    # lists never show the spec or the note: read on demand only
+    query = select(Run).options(defer(Run.spec), defer(Run.note))
+    if parent_id is None or q:
+        query = query.where(search_service.combine(search))
     if state:
         query = query.where(Run.state.in_(state.split(",")))
     if kind:
         query = query.where(Run.kind.in_(kind.split(",")))
     if parent_id is not None:
         query = query.where(Run.parent_id == parent_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)).all()
-    return list(items), total
+    if top_level:
+        query = query.where(Run.parent_id.is_(None))
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    ordered = query.order_by(*search_service.order_by(sort, dialect)).limit(limit).offset(offset)
+    if not top_level:
+        return list(session.scalars(ordered).all()), total
+    child = aliased(Run)
+    counted = ordered.add_columns(
+        select(func.count()).where(child.parent_id == Run.id).correlate(Run).scalar_subquery()
+    )
+    items = []
+    for run, children in session.execute(counted).all():
+        run.child_count = children
+        items.append(run)
+    return items, total
 
 
 def _check_strings(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, Any]]) -> None:
@@ -214,15 +238,21 @@ def create_run(
     settings: Settings,
     enqueue: Enqueue,
     extra: dict[str, Any] | None = None,
+    launched_by: str | None = None,
 ) -> Run:
+    """`launched_by`: who asked for it (the API token's name, `sweep #N`); never taken from the body."""
     spec = build_spec(session, body, settings, extra)
     run = Run(
         kind=body.kind,
-        name=str(spec.get("name") or body.kind),
+        name=body.name or str(spec.get("name") or body.kind),
         preset=body.preset,
         spec=spec,
         parent_id=body.parent_id,
         queue=kinds_service.queue_for(body.kind),
+        tags=list(body.tags),
+        note=body.note,
+        project=body.project,
+        launched_by=clean_text(launched_by, 100) if launched_by else None,
     )
     return add_run_row(session, run, enqueue)
 

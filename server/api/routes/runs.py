@@ -28,7 +28,9 @@ from server.schemas import (
     RunDetail,
     RunOut,
     RunPage,
+    RunPatch,
     RunSummary,
+    RunUsage,
     Series,
     WordsCreate,
 )
@@ -36,7 +38,9 @@ from server.services import artifacts as artifacts_service
 from server.services import events as events_service
 from server.services import exports as exports_service
 from server.services import logs as logs_service
+from server.services import organise as organise_service
 from server.services import runs as runs_service
+from server.services import search as search_service
 from server.services import words as words_service
 
 # A stream reads at most this often however often the run's writer commits (see stream_events).
@@ -48,9 +52,10 @@ router = APIRouter(
 
 
 @router.post("", status_code=201, response_model=RunOut, responses={**WRITE, **BODY})
-def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
-    """Validate the spec (422 names each bad field), store the run, then queue it."""
-    run = runs_service.create_run(db, body, settings, enqueue)
+def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep) -> RunOut:
+    """Validate the spec (422 names each bad field), store the run, then queue it. `launched_by` is the
+    name of the token (or of the dashboard session's token) that asked."""
+    run = runs_service.create_run(db, body, settings, enqueue, launched_by=token.name)
     return RunOut.model_validate(run)
 
 
@@ -62,8 +67,22 @@ def list_runs(
     parent_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=search_service.MAX_QUERY_CHARS,
+            description="Search: free words (name, tag, note), kind: state: project: tag: by: parent: "
+            "archived:yes|any, spec comparisons (optim.lr>0.01), final metrics (knn_top1_k20>=80); see README",
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        Query(max_length=300, description="A column, spec key or metric; '-' in front: descending"),
+    ] = None,
+    top_level: Annotated[bool, Query(description="Only runs without a parent, each with its child_count")] = False,
 ) -> RunPage:
-    items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset)
+    """Archived runs are left out unless the query asks (`archived:yes`, `archived:any`)."""
+    items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset, q, sort, top_level)
     return RunPage(items=[RunSummary.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 
 
@@ -78,6 +97,27 @@ def get_run(run_id: IdPath, db: DbDep) -> RunDetail:
         artifacts=[artifacts_service.to_out(a) for a in run.artifacts],
         children=[RunSummary.model_validate(c) for c in children],
     )
+
+
+@router.patch("/{run_id}", response_model=RunOut, responses={**WRITE, **BY_ID, **BODY})
+def patch_run(run_id: IdPath, body: RunPatch, db: DbDep, _: TokenDep) -> RunOut:
+    """Rename, retag, annotate, move to a project, archive or unarchive (with its children). Only the
+    fields sent change; never the spec or the state."""
+    return RunOut.model_validate(organise_service.patch_run(db, run_id, body))
+
+
+@router.get("/{run_id}/usage", response_model=RunUsage, responses=BY_ID)
+def run_usage(run_id: IdPath, db: DbDep, settings: SettingsDep) -> RunUsage:
+    """The run with everything below it: runs, metric points, log lines, files and bytes (what a delete
+    removes), and which of them are still active."""
+    return organise_service.usage(db, settings.artifact_root, run_id)
+
+
+@router.delete("/{run_id}", response_model=RunUsage, responses={**WRITE, **BY_ID, **errors(409)})
+def delete_run(run_id: IdPath, db: DbDep, settings: SettingsDep, _: TokenDep) -> RunUsage:
+    """Delete the run, its children (and theirs), their metrics, logs and artifact files; 409 while any
+    of them is queued, running or lost, or is a trial of a running sweep. Answers what was removed."""
+    return organise_service.delete_run(db, settings.artifact_root, run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses={**WRITE, **BY_ID, **errors(409)})
@@ -134,11 +174,11 @@ def get_artifacts(run_id: IdPath, db: DbDep) -> list[ArtifactOut]:
     "/{run_id}/exports", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **BODY}
 )
 def create_export(
-    run_id: IdPath, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+    run_id: IdPath, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep
 ) -> RunOut:
     """Convert the run's latest checkpoint: an `export` child run on the cpu queue."""
     return RunOut.model_validate(
-        exports_service.create_export(db, run_id, body, settings, enqueue)
+        exports_service.create_export(db, run_id, body, settings, enqueue, launched_by=token.name)
     )
 
 
@@ -146,10 +186,10 @@ def create_export(
     "/{run_id}/words", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **BODY}
 )
 def create_words(
-    run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+    run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep
 ) -> RunOut:
     """A `words` child run (cpu queue) drawing the visual-word gallery of the run's latest checkpoint."""
-    run = words_service.create_words(db, run_id, body, settings, enqueue)
+    run = words_service.create_words(db, run_id, body, settings, enqueue, launched_by=token.name)
     return RunOut.model_validate(run)
 
 
