@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased, defer
+from sqlalchemy.orm import Session, defer
 
 from obow.config import list_presets, preset_dict
 from obow.config.presets import deep_update
@@ -56,30 +56,43 @@ def list_runs(
     keeps runs without a parent and counts each one's children (`Run.child_count`)."""
     dialect = session.get_bind().dialect.name
     search = search_service.parse(q, dialect)
-    # lists never show the spec or the note: read on demand only
-    query = select(Run).options(defer(Run.spec), defer(Run.note))
-    if parent_id is None or q:
-        query = query.where(search_service.combine(search))
+    where = [search_service.combine(search)] if parent_id is None or q else []
     if state:
-        query = query.where(Run.state.in_(state.split(",")))
+        where.append(Run.state.in_(state.split(",")))
     if kind:
-        query = query.where(Run.kind.in_(kind.split(",")))
+        where.append(Run.kind.in_(kind.split(",")))
     if parent_id is not None:
-        query = query.where(Run.parent_id == parent_id)
+        where.append(Run.parent_id == parent_id)
     if top_level:
-        query = query.where(Run.parent_id.is_(None))
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    ordered = query.order_by(*search_service.order_by(sort, dialect)).limit(limit).offset(offset)
-    if not top_level:
-        return list(session.scalars(ordered).all()), total
-    child = aliased(Run)
-    counted = ordered.add_columns(
-        select(func.count()).where(child.parent_id == Run.id).correlate(Run).scalar_subquery()
-    )
-    items = []
-    for run, children in session.execute(counted).all():
-        run.child_count = children
-        items.append(run)
+        where.append(Run.parent_id.is_(None))
+    # one scan finds the page's ids and the total (a search reads every run's JSON once, not twice);
+    # the rows themselves are then read by id. Past the end there is no row to carry the total.
+    page = session.execute(
+        select(Run.id, func.count().over())
+        .where(*where)
+        .order_by(*search_service.order_by(sort, dialect))
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    if page:
+        total = page[0][1]
+    else:
+        total = session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
+    ids = [row[0] for row in page]
+    # lists never show the spec or the note: read on demand only
+    found = {
+        run.id: run
+        for run in session.scalars(select(Run).options(defer(Run.spec), defer(Run.note)).where(Run.id.in_(ids)))
+    }
+    items = [found[i] for i in ids if i in found]
+    if top_level and ids:
+        counts = dict(
+            session.execute(
+                select(Run.parent_id, func.count()).where(Run.parent_id.in_(ids)).group_by(Run.parent_id)
+            ).all()
+        )
+        for run in items:
+            run.child_count = counts.get(run.id, 0)
     return items, total
 
 

@@ -15,7 +15,7 @@ Sort keys (`sort=`, `-` in front for descending): a column (id, name, kind, stat
 started, finished, launched_by, progress) or any key a comparison takes (`-knn_top1_k20`,
 `spec.optim.lr`); runs without the value come last.
 
-JSON values are read with each backend's own functions (PostgreSQL `json_extract_path`, SQLite
+JSON values are read with each backend's own functions (PostgreSQL `jsonb_extract_path`, SQLite
 `json_extract`), guarded by the value's JSON type, so a string where a number is expected is no match
 instead of a cast error.
 """
@@ -77,12 +77,12 @@ class Search:
 
 def _json_path(column: Any, parts: list[str], dialect: str, want: str) -> ColumnElement[Any]:
     """The value at `parts` inside a JSON column as a number (`want="number"`) or text, else NULL."""
-    if dialect == "postgresql":
-        node = func.json_extract_path(column, *[literal(p) for p in parts])
-        text = func.json_extract_path_text(column, *[literal(p) for p in parts])
+    if dialect == "postgresql":  # jsonb (migration 0006)
+        node = func.jsonb_extract_path(column, *[literal(p) for p in parts])
+        text = func.jsonb_extract_path_text(column, *[literal(p) for p in parts])
         if want == "number":
-            return case((func.json_typeof(node) == "number", cast(text, Float)), else_=None)
-        return case((func.json_typeof(node) == "string", text), else_=None)
+            return case((func.jsonb_typeof(node) == "number", cast(text, Float)), else_=None)
+        return case((func.jsonb_typeof(node) == "string", text), else_=None)
     path = "$" + "".join(f'."{p}"' for p in parts)
     kinds = ("integer", "real") if want == "number" else ("text",)
     return case((func.json_type(column, path).in_(kinds), func.json_extract(column, path)), else_=None)
@@ -112,7 +112,7 @@ def value_of(key: str, dialect: str, want: str = "number") -> ColumnElement[Any]
 def _tag_exists(dialect: str, predicate: Any) -> ColumnElement[bool]:
     """Some tag of the run satisfies `predicate(value_column)`."""
     if dialect == "postgresql":
-        elements = func.json_array_elements_text(Run.tags).table_valued("value").alias("tag")
+        elements = func.jsonb_array_elements_text(Run.tags).table_valued("value").alias("tag")
     else:
         elements = func.json_each(Run.tags).table_valued("value").alias("tag")
     return exists(select(1).select_from(elements).where(predicate(elements.c.value)))
