@@ -24,10 +24,12 @@ from server.api.deps import (
     get_throttle,
 )
 from server.core import kinds as kinds_service
+from server.core import notes
 from server.core.errors import NotFound
 from server.core.resources import lab_dir
 from server.core.text import clean_text, is_clean
 from server.services import events as events_service
+from server.services import organise as organise_service
 from server.services import runs as runs_service
 from server.services import tokens
 from server.services import words as words_service
@@ -198,10 +200,18 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
         can_export="export" in kinds_service.kinds(),
         can_words=run.kind == "pretrain" and "words" in kinds_service.kinds(),
         collapsed=words_service.collapsed_levels(run.last_metrics),
+        note_html=notes.render(run.note),
         # the stream starts where this render stands, so nothing falls between history and live events
         cursor=str(events_service.start_cursor(db)),
     )
     return _render("run.html", ctx)
+
+
+@router.get("/usage", response_class=HTMLResponse, dependencies=ReaderPage)
+def usage_page(request: Request, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+    """Disk use of the artifact store: total, by folder, and the largest runs."""
+    usage = organise_service.total_usage(db, settings.artifact_root)
+    return _render("usage.html", _context(request, db, settings, usage=usage))
 
 
 @router.get("/compare", response_class=HTMLResponse, dependencies=ReaderPage)
