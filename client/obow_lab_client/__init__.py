@@ -63,12 +63,16 @@ class LabClient:
         preset: str | None = None,
         spec: dict[str, Any] | None = None,
         parent_id: int | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        note: str | None = None,
+        project: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": kind, "spec": spec or {}}
-        if preset:
-            body["preset"] = preset
-        if parent_id is not None:
-            body["parent_id"] = parent_id
+        for key, value in (("preset", preset), ("parent_id", parent_id), ("name", name), ("tags", tags),
+                           ("note", note), ("project", project)):
+            if value is not None:
+                body[key] = value
         return self._json(self._http.post("/runs", json=body))
 
     def kinds(self) -> list[dict[str, Any]]:
@@ -80,6 +84,44 @@ class LabClient:
 
     def runs(self, **filters: Any) -> dict[str, Any]:
         return self._json(self._http.get("/runs", params={k: v for k, v in filters.items() if v is not None}))
+
+    def search(
+        self,
+        query: str | None = None,
+        sort: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        top_level: bool = False,
+        **filters: Any,
+    ) -> dict[str, Any]:
+        """A page of runs matching `query` (the list's query language: free words, `kind:` `state:`
+        `project:` `tag:` `by:` `archived:yes|any`, `optim.lr>0.01`, `knn_top1_k20>80`), sorted by a
+        column, spec key or metric (`-` for descending). A bad query raises LabError 422 naming the token."""
+        params = {"q": query, "sort": sort, "limit": limit, "offset": offset, **filters}
+        if top_level:
+            params["top_level"] = "true"
+        return self.runs(**params)
+
+    def update(self, run_id: int, **fields: Any) -> dict[str, Any]:
+        """Change a run's `name`, `tags`, `note`, `project` or `archived` (PATCH); the others stay."""
+        return self._json(self._http.patch(f"/runs/{run_id}", json=fields))
+
+    def archive(self, run_id: int) -> dict[str, Any]:
+        """Hide the run and its children from the default list (nothing is deleted)."""
+        return self.update(run_id, archived=True)
+
+    def unarchive(self, run_id: int) -> dict[str, Any]:
+        return self.update(run_id, archived=False)
+
+    def usage(self, run_id: int | None = None) -> dict[str, Any]:
+        """A run's disk and database use with its children (what `delete` removes), or, without an id,
+        the whole artifact store's."""
+        return self._json(self._http.get(f"/runs/{run_id}/usage" if run_id is not None else "/usage"))
+
+    def delete(self, run_id: int) -> dict[str, Any]:
+        """Delete the run, its children, metrics, logs and files; refused (409) while any is active.
+        Returns what was removed."""
+        return self._json(self._http.delete(f"/runs/{run_id}"))
 
     def cancel(self, run_id: int) -> dict[str, Any]:
         return self._json(self._http.post(f"/runs/{run_id}/cancel"))
