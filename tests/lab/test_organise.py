@@ -117,6 +117,10 @@ def test_search_grammar(lab):
     assert _ids(lab, q="spec.kind=faketrain name:third") == [c["id"]]
     assert _ids(lab, q="by:tests") == [c["id"], b["id"], a["id"]]
     assert _ids(lab, q="100%_") == []  # LIKE wildcards are plain characters
+    d = _submit(lab, kind="faketrain", name="d", tags=["naïve-Ünï", "back\\slash"])
+    assert _ids(lab, q="Ünï") == _ids(lab, q="tag:naïve-Ünï") == _ids(lab, q="back\\\\slash") == [d["id"]]
+    assert _ids(lab, q='"naïve-Ünï back"') == []
+    lab.client.patch(f"/api/v1/runs/{d['id']}", json={"archived": True})
     # sorting: columns, metrics and spec values; missing values last
     assert _ids(lab, sort="-knn_top1_k20") == [a["id"], b["id"], c["id"]]
     assert _ids(lab, sort="knn_top1_k20") == [b["id"], a["id"], c["id"]]
