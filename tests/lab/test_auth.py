@@ -358,7 +358,7 @@ def _required(method: str, path: str, op: dict) -> set[str]:
 
 
 def test_openapi_documents_every_status_a_route_answers(lab, world):
-    ops = _operations(lab)
+    ops = sorted(_operations(lab), key=lambda op: op[0] == "delete")  # deleting the world's run last
     assert len(ops) >= 19
     missing = {}
     for method, path, op in ops:
@@ -383,7 +383,9 @@ def test_openapi_documents_every_status_a_route_answers(lab, world):
             continue
         seen = observed.setdefault((method, path), set())
         url = _fill(path, world)
-        send = lab.client.get if method == "get" else lab.client.post
+        send = lab.client.get if method == "get" else lab.client.post if method == "post" else (
+            lambda target, _m=method.upper(), **kw: lab.client.request(_m, target, **kw)
+        )
         seen.add(str(lab.anon.request(method.upper(), url).status_code))
         if method != "get":
             seen.add(str(browser.request(method.upper(), url, json={}).status_code))  # no CSRF: 403
