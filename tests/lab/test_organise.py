@@ -76,6 +76,18 @@ def test_patch_refuses_bad_fields(lab, body, loc):
     assert lab.client.get(f"/api/v1/runs/{run['id']}").json()["name"] == run["name"]
 
 
+def test_create_refuses_bad_organising_fields_and_ignores_a_forged_launcher(lab):
+    for body, loc in (
+        ({"tags": ["a b"]}, ["body", "tags", 0]),
+        ({"name": "\x07"}, ["body", "name"]),
+        ({"project": "p" * 201}, ["body", "project"]),
+        ({"launched_by": "root"}, ["body", "launched_by"]),  # only the server says who launched a run
+    ):
+        response = lab.client.post("/api/v1/runs", json={"kind": "faketrain", **body})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == loc, response.text
+    assert count_rows(lab, "runs") == 0
+
+
 def test_hostile_notes_and_text_are_stored_but_rendered_inert(lab):
     run = _submit(lab, kind="faketrain")
     note = ('<script>alert(1)</script> <img src=x onerror=alert(2)> [a](javascript:alert(3)) '
