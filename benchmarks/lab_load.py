@@ -245,13 +245,15 @@ async def _sse_client(
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(10.0, read=20.0), headers=headers) as client:
         while time.monotonic() < hard_stop:
             hold_until = time.monotonic() + rng.uniform(2, 8)
-            connected_at = time.time()
             tally.sse_connects += 1
             name, data, event_id = "message", "", None
             try:
                 async with client.stream(
                     "GET", f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": cursor}
                 ) as response:
+                    # connected once the server answered: points committed before that arrive as the
+                    # reconnect's catch-up, which is not a delivery delay
+                    connected_at = time.time()
                     if response.status_code != 200:
                         tally.error(f"sse HTTP {response.status_code}", (await response.aread()).decode()[:200])
                         await asyncio.sleep(1)
