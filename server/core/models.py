@@ -112,7 +112,7 @@ class Run(Base):
     note: Mapped[str] = mapped_column(Text, default="", server_default="")  # Markdown, rendered safely
     project: Mapped[str] = mapped_column(String(200), default="", server_default="", index=True)
     launched_by: Mapped[str | None] = mapped_column(String(100))  # the API token's name
-    archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # set: hidden from the default list
+    archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)  # set: hidden by default
 
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="run", order_by="Attempt.id", cascade="all, delete-orphan", passive_deletes=True

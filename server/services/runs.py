@@ -65,12 +65,16 @@ def list_runs(
         where.append(Run.parent_id == parent_id)
     if top_level:
         where.append(Run.parent_id.is_(None))
-    # one scan finds the page's ids and the total (a search reads every run's JSON once, not twice);
-    # the rows themselves are then read by id. Past the end there is no row to carry the total.
+    # One scan finds the page's ids and the total (a search reads every run's JSON once, not twice); the
+    # rows themselves are then read by id. The scan's output is only (id, sort value): `OFFSET 0` keeps
+    # PostgreSQL from flattening it, which would carry each run's whole spec into the count and the sort.
+    # Past the end there is no row to carry the total.
+    key = search_service.sort_key(sort, dialect)
+    scan = select(Run.id.label("id"), (key[0] if key else Run.id).label("k")).where(*where).offset(0).subquery()
+    ordered = scan.c.k.desc() if key is None or key[1] else scan.c.k.asc()
     page = session.execute(
-        select(Run.id, func.count().over())
-        .where(*where)
-        .order_by(*search_service.order_by(sort, dialect))
+        select(scan.c.id, func.count().over())
+        .order_by(ordered.nulls_last(), scan.c.id.desc())
         .limit(limit)
         .offset(offset)
     ).all()

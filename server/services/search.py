@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Float, Text, and_, case, cast, exists, func, literal, or_, select, true
-from sqlalchemy.sql.elements import UnaryExpression
 
 from server.core.errors import Invalid
 from server.core.models import RUN_STATES, Run
@@ -235,20 +234,18 @@ def archived_condition(mode: str) -> ColumnElement[bool]:
     return Run.archived_at.is_(None)
 
 
-def order_by(sort: str | None, dialect: str) -> list[UnaryExpression[Any]]:
-    """ORDER BY for a sort key (see the module's docstring); newest first by default and as tie-break."""
+def sort_key(sort: str | None, dialect: str) -> tuple[ColumnElement[Any], bool] | None:
+    """The value to sort by and whether descending (see the module's docstring); None: newest first."""
     if not sort:
-        return [Run.id.desc()]
+        return None
     key = sort[1:] if sort.startswith("-") else sort
-    descending = sort.startswith("-")
     column: Any = COLUMNS.get(key)
     if column is None:
         try:
             column = value_of(key, dialect)
         except ValueError as err:
             raise QueryError("sort", sort, f"{err}; or a column: {', '.join(COLUMNS)}") from None
-    ordered = column.desc() if descending else column.asc()
-    return [ordered.nulls_last(), Run.id.desc()]
+    return column, sort.startswith("-")
 
 
 def combine(search: Search) -> ColumnElement[bool]:
