@@ -117,14 +117,18 @@ def _tag_exists(dialect: str, predicate: Any) -> ColumnElement[bool]:
     return exists(select(1).select_from(elements).where(predicate(elements.c.value)))
 
 
+# a word that cannot overlap the punctuation of a JSON list of strings (`["a", "b"]`) nor anything JSON
+# escapes inside a tag: found in the list's text only inside one tag
+_PLAIN_WORD = re.compile(r'^[^\s"\\\[\],]+$')
+
+
 def _tag_like(dialect: str, word: str) -> ColumnElement[bool]:
-    """Some tag contains `word`. On PostgreSQL the tags' JSON text is tested first (one cheap LIKE per
-    row), so only the runs it lets through have their tags unnested; a word with a backslash (escaped
-    in that text) or a quote (no tag has one) skips the shortcut."""
-    exact = _tag_exists(dialect, lambda v: v.icontains(word, autoescape=True))
-    if dialect != "postgresql" or "\\" in word or '"' in word:
-        return exact
-    return and_(cast(Run.tags, Text).icontains(word, autoescape=True), exact)
+    """Some tag contains `word`. On PostgreSQL a plain word is looked for in the tags' JSON text (one
+    LIKE per row instead of unnesting every run's tags); SQLite's JSON text escapes non-ASCII, so there,
+    and for other words, each tag is tested."""
+    if dialect == "postgresql" and _PLAIN_WORD.match(word):
+        return cast(Run.tags, Text).icontains(word, autoescape=True)
+    return _tag_exists(dialect, lambda v: v.icontains(word, autoescape=True))
 
 
 def _contains(column: Any, word: str) -> ColumnElement[bool]:
