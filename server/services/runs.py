@@ -65,23 +65,28 @@ def list_runs(
         where.append(Run.parent_id == parent_id)
     if top_level:
         where.append(Run.parent_id.is_(None))
-    # One scan finds the page's ids and the total (a search reads every run's JSON once, not twice); the
-    # rows themselves are then read by id. The scan's output is only (id, sort value): `OFFSET 0` keeps
-    # PostgreSQL from flattening it, which would carry each run's whole spec into the count and the sort.
-    # Past the end there is no row to carry the total.
     key = search_service.sort_key(sort, dialect)
-    scan = select(Run.id.label("id"), (key[0] if key else Run.id).label("k")).where(*where).offset(0).subquery()
-    ordered = scan.c.k.desc() if key is None or key[1] else scan.c.k.asc()
-    page = session.execute(
-        select(scan.c.id, func.count().over())
-        .order_by(ordered.nulls_last(), scan.c.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    if page:
-        total = page[0][1]
-    else:
+    if key is None:
+        # newest first: the page walks the primary key backwards and stops after `limit` matches; the
+        # total is one count (index-only where the filters allow)
+        page = session.execute(select(Run.id).where(*where).order_by(Run.id.desc()).limit(limit).offset(offset)).all()
         total = session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
+    else:
+        # Sorted by a value: one scan finds the page's ids and the total (a search reads every run's JSON
+        # once, not twice); the rows themselves are then read by id. The scan's output is only (id, sort
+        # value): `OFFSET 0` keeps PostgreSQL from flattening it, which would carry each run's whole spec
+        # into the count and the sort. Past the end there is no row to carry the total.
+        scan = select(Run.id.label("id"), key[0].label("k")).where(*where).offset(0).subquery()
+        page = session.execute(
+            select(scan.c.id, func.count().over())
+            .order_by((scan.c.k.desc() if key[1] else scan.c.k.asc()).nulls_last(), scan.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        if page:
+            total = page[0][1]
+        else:
+            total = session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
     ids = [row[0] for row in page]
     # lists never show the spec or the note: read on demand only
     found = {
