@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,14 +70,15 @@ class NullReporter:
 class RecordingReporter(NullReporter):
     """Keeps everything in memory; used by tests and by callers that want the raw series."""
 
-    def __init__(self, stop_after_metrics: int | None = None) -> None:
+    def __init__(self, stop_after_metrics: int | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: the time the phases' rates and ETA are measured in (tests may pass CPU time)."""
         self.logs: list[tuple[str, str]] = []
         self.points: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[tuple[Path, str, dict[str, Any]]] = []
         self.last_progress: tuple[int, int] = (0, 0)
         # (monotonic time, phase label, done, total) of every phase start and progress report
         self.progress_log: list[tuple[float, str, int, int]] = []
-        self.clock = PhaseClock()
+        self.clock = PhaseClock(clock)
         self._stop_after = stop_after_metrics
 
     def log(self, message: str, level: str = "info") -> None:
