@@ -150,7 +150,7 @@ class DbReporter:
     def record_provenance(self, provenance: Mapping[str, Any]) -> bool:
         """Store where and with what this attempt runs on its row (fenced: only while it owns the run)."""
         with self._maker() as session:
-            if not self._owns(session):
+            if not self._owns(session, heartbeat_at=utcnow()):
                 return False
             session.execute(update(Attempt).where(Attempt.id == self._attempt_id).values(provenance=dict(provenance)))
             session.commit()
