@@ -232,12 +232,19 @@ class DbReporter:
             self._check_space()
         points, logs, progress = self._points, self._logs, self._progress
         self._points, self._logs, self._progress = [], [], None
+        foreign: list[tuple[str, int, float, float]] = []
         while self._foreign:
             point = self._foreign.popleft()
-            points.append(point)
+            foreign.append(point)
             self._last[point[0]] = point[2]
         phase = self._clock.snapshot() if self._phase_dirty else None
         self._phase_dirty = False
+        first_steps: dict[str, int] = {}
+        for key, step, _, _ in points:
+            if key not in self._seen_keys and step < first_steps.get(key, step + 1):
+                first_steps[key] = step
+        self._seen_keys.update(first_steps)
+        points += foreign  # wall-time points never repeat an earlier attempt's: nothing to supersede
         new_keys = sorted({p[0] for p in points} - set(self._keys))
         self._keys += new_keys
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
@@ -251,11 +258,6 @@ class DbReporter:
             values["metric_keys"] = list(self._keys)
         if points or progress is not None or new_keys or phase is not None:
             values["version"] = Run.version + 1
-        first_steps: dict[str, int] = {}
-        for key, step, _, _ in points:
-            if key not in self._seen_keys and step < first_steps.get(key, step + 1):
-                first_steps[key] = step
-        self._seen_keys.update(first_steps)
         if self.lost_ownership:
             return
         with self._maker() as session:
