@@ -58,7 +58,9 @@ def _fill(
     device: torch.device, batch_size: int, workers: int, reporter: Reporter, label: str, upcoming: Upcoming,
 ) -> None:
     views = array.shape[1]
-    start_phase(reporter, label, len(dataset), "images", upcoming=upcoming)
+    # counted in views (images x views per image): a view costs the same forward pass in the train cache
+    # (2 or 10 views) and the test cache (1), so the rate measured on one predicts the other
+    start_phase(reporter, label, len(dataset) * views, "views", upcoming=upcoming)
     images_per_batch = max(1, batch_size // views)
     data = DataLoader(dataset, batch_size=images_per_batch, shuffle=False, num_workers=workers)
     done = 0
@@ -69,7 +71,7 @@ def _fill(
         array[done : done + len(images)] = feats.view(len(images), views, -1).numpy()
         labels[done : done + len(images)] = np.asarray(targets)
         done += len(images)
-        reporter.progress(done, len(dataset))
+        reporter.progress(done * views, len(dataset) * views)
 
 
 def cached_features(
@@ -78,7 +80,7 @@ def cached_features(
     reporter: Reporter, label: str = "caching features", upcoming: Upcoming = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(read-only memmap [N, V, C], labels [N]); built under `folder` unless a valid cache is there.
-    Building it is a phase called `label` (in images), `upcoming` the phases after it."""
+    Building it is a phase called `label` (in views), `upcoming` the phases after it."""
     meta = {**meta, "num_images": len(source), "views": views, "dim": backbone.out_dim}
     data_file, labels_file, meta_file = folder / "memmap.npy", folder / "labels.npy", folder / "metadata.json"
     if (folder / DONE_MARKER).is_file() and meta_file.is_file():

@@ -176,7 +176,7 @@ def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str,
             _cache_meta(spec, checkpoint_sha, spec.train_split, spec.subset, views),
             backbone, train_src, view_transform(views, spec.resize, spec.size, spec.mean, spec.std),
             VIEW_COUNTS[views], device, spec.batch_size, spec.workers, reporter, "caching train features",
-            [("caching test features", len(test_src), "images"), training])
+            [("caching test features", len(test_src), "views"), training])
     test_x, test_y = _test_features(spec, out_dir, backbone, test_src, device, checkpoint_sha, reporter,
                                     [training])
     test_x, test_y = test_x.to(device), test_y.to(device)
