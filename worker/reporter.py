@@ -27,7 +27,7 @@ from server.core import transitions
 from server.core.models import Attempt, LogLine, Run, RunState, utcnow
 from server.core.notify import run_changed
 from server.core.space import low_space
-from server.core.text import clean_text
+from server.core.text import clean_json, clean_text
 from worker.supervisor import HANDED_BACK, LOST_RUN
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -152,7 +152,10 @@ class DbReporter:
         with self._maker() as session:
             if not self._owns(session, heartbeat_at=utcnow()):
                 return False
-            session.execute(update(Attempt).where(Attempt.id == self._attempt_id).values(provenance=dict(provenance)))
+            # environment text (a variable, a host name) may hold what no JSON column takes: cleaned
+            session.execute(
+                update(Attempt).where(Attempt.id == self._attempt_id).values(provenance=clean_json(dict(provenance)))
+            )
             session.commit()
         return True
 
@@ -237,7 +240,7 @@ class DbReporter:
             point = self._foreign.popleft()
             foreign.append(point)
             self._last[point[0]] = point[2]
-        phase = self._clock.snapshot() if self._phase_dirty else None
+        phase = clean_json(self._clock.snapshot()) if self._phase_dirty else None
         self._phase_dirty = False
         first_steps: dict[str, int] = {}
         for key, step, _, _ in points:

@@ -136,3 +136,41 @@ def test_collect_without_a_gpu_or_checkout(tmp_path):
     prov = provenance.collect("knn", KnnSpec(checkpoint="/w/c.pt", seed=5), lambda: [], code_dir=tmp_path)
     assert prov["seed"] == 5 and prov["spec"]["k"] == [20] and prov["spec"]["seed"] == 5
     assert prov["gpus"] == [] and prov["git"] is None and "torch" in prov
+
+
+def test_reporter_stores_hostile_phases_provenance_and_system_points(lab):
+    """What the library and the environment hand the reporter is stored cleaned, and the API answers."""
+    from worker.reporter import DbReporter
+    from worker.tasks import claim
+
+    run = lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers=lab.auth).json()
+    maker = lab.client.app.state.sessionmaker
+    reporter = DbReporter(maker, run["id"], claim(maker, run["id"], 60), lab.settings.artifact_root, heartbeat_s=None)
+    hostile = "caching \ud800 fea\x00tures " + "x" * 10_000
+    try:
+        assert reporter.record_provenance(
+            {"host": "h\ud800\x00st", "cuda_visible_devices": "\udcff", "seed": 2**63, "rate": float("nan")}
+        )
+        reporter.phase(hostile, 10**15, "im\x00ages", upcoming=[("n\ud800ext", 5, "images")])
+        reporter.progress(3, 10**15)
+        reporter.system_metrics(
+            {"sys/cpu_percent": 12.5, "sys/rss_mb": float("nan"), "sys/gpu0_util": float("inf")},
+            when=reporter.origin + 7.9,
+        )
+        reporter.flush()
+    finally:
+        reporter.close()
+    detail = lab.client.get(f"/api/v1/runs/{run['id']}")
+    assert detail.status_code == 200
+    phase = detail.json()["phase"]
+    assert phase["label"].startswith("caching \ufffd fea") and len(phase["label"]) <= 200
+    assert "\x00" not in phase["label"] + phase["unit"] and phase["upcoming"] == ["n\ufffdext"]
+    assert (phase["done"], phase["total"]) == (3, 10**15)
+    (attempt,) = detail.json()["attempts"]
+    prov = attempt["provenance"]
+    assert prov["host"].startswith("h\ufffd") and "\x00" not in prov["host"] and prov["rate"] is None
+    assert prov["seed"] == 2**63
+    series = lab.client.get(f"/api/v1/runs/{run['id']}/metrics", params={"keys": "sys/cpu_percent"}).json()
+    assert series["series"][0]["steps"] == [7] and series["series"][0]["values"] == [12.5]
+    keys = lab.client.get(f"/api/v1/runs/{run['id']}").json()["metric_keys"]
+    assert keys == ["sys/cpu_percent"]  # non-finite samples are not stored
