@@ -76,7 +76,7 @@ class Search:
 
 def _json_path(column: Any, parts: list[str], dialect: str, want: str) -> ColumnElement[Any]:
     """The value at `parts` inside a JSON column as a number (`want="number"`) or text, else NULL."""
-    if dialect == "postgresql":  # jsonb (migration 0006)
+    if dialect == "postgresql":  # jsonb (migration 0007_organise)
         node = func.jsonb_extract_path(column, *[literal(p) for p in parts])
         text = func.jsonb_extract_path_text(column, *[literal(p) for p in parts])
         if want == "number":

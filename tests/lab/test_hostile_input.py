@@ -64,7 +64,7 @@ def test_invalid_unicode_in_export_and_words_bodies(lab):
 def _store_hostile_row(lab, run_id: int, child_id: int) -> bool:
     """Write what the checks now refuse straight into the database: lone surrogates and NUL in the JSON
     columns (SQLite's and PostgreSQL's `json` keep `\\ud800` and `\\u0000` escapes; PostgreSQL's `jsonb`,
-    which runs.spec, result and last_metrics are since migration 0006, refuses them), NaN and Infinity
+    which runs.spec, result and last_metrics are since migration 0007_organise, refuse them), NaN and Infinity
     where SQLite keeps them, invalid UTF-8 bytes in SQLite text columns, a JSON column that is not JSON.
     Returns whether the search columns hold the hostile values (False: the database refused them)."""
     nasty = json.dumps({"data_dir": "/x\ud800", "n\x00ul": "a\x00b", "list": ["\udfff"]})

@@ -3,8 +3,8 @@ last_metrics, result, tags) become `jsonb`, read without re-parsing each documen
 on a 10,000-run search), kept uncompressed in the row up to 8 kB; archived runs are indexed. SQLite
 keeps its JSON text.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007_organise
+Revises: 0006_observe
 Create Date: 2026-12-02 10:45:00
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007_organise'
+down_revision = '0006_observe'
 branch_labels = None
 depends_on = None
 
