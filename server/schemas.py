@@ -58,6 +58,9 @@ class ExportCreate(BaseModel):
 
     format: str = Field(..., min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_\-]+$")
     options: dict[str, Any] = Field(default_factory=dict)
+    artifact_id: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Which of the run's checkpoints to convert (default: the newest)"
+    )
 
 
 class AttemptOut(BaseModel):
