@@ -199,7 +199,9 @@ class FewshotSpec(EvalSpec):
 class KnnSpec(EvalSpec):
     """Weighted kNN on L2-normalised features (votes exp(cos/T))."""
 
-    lab: ClassVar[KindInfo] = KindInfo(queue="gpu", weights_field="checkpoint", numbers=(KNN_TOP1,), headline=(KNN_TOP1,))
+    lab: ClassVar[KindInfo] = KindInfo(
+        queue="gpu", weights_field="checkpoint", numbers=(KNN_TOP1,), headline=(KNN_TOP1,)
+    )
 
     kind: Literal["knn"] = "knn"
     k: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(default_factory=lambda: [20], min_length=1, max_length=100)

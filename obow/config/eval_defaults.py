@@ -69,7 +69,9 @@ def parent_view(parent_kind: str, parent_spec: dict[str, Any] | None) -> dict[st
     return {}
 
 
-def evaluation_defaults(kind: str, parent_kind: str, parent_spec: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+def evaluation_defaults(
+    kind: str, parent_kind: str, parent_spec: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
     """(spec values, notes saying where they came from) for a `kind` evaluation of such a parent."""
     if kind not in EVAL_SPECS:
         raise KeyError(f"'{kind}' is not an evaluation kind; use one of {', '.join(EVAL_SPECS)}")
