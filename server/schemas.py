@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
 
+from server.core.headlines import headline_of
 from server.core.text import clean_json
 
 # The integer columns a request's numbers end up compared with: run and artifact ids are 32-bit on
@@ -91,6 +92,13 @@ class ArtifactOut(BaseModel):
     download_url: str
 
 
+class Headline(BaseModel):
+    key: str = Field(description="where the number is: a dotted path into the run's result or last_metrics")
+    label: str
+    value: float
+    unit: str
+
+
 class RunSummary(BaseModel):
     """A run in a list (`GET /runs`, a run's children): everything but its spec, which can be up to the
     body cap in size; a page of runs stays small. `GET /runs/{id}` has the spec."""
@@ -116,6 +124,13 @@ class RunSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def headline(self) -> Headline | None:
+        """The kind's main number (its table in `KindInfo.headline`): what a list of runs shows."""
+        found = headline_of(self.kind, self.result, self.last_metrics)
+        return Headline(**found) if found else None
 
 
 class RunOut(RunSummary):
@@ -168,6 +183,12 @@ class KindOut(BaseModel):
     upload_field: str | None = Field(description="the spec field the server fills with an upload (imports)")
     path_fields: dict[str, str] = Field(
         description="dotted spec field -> where it may point: data (a data root), cache, weights, upload"
+    )
+    numbers: list[dict[str, str]] = Field(
+        default_factory=list, description="the kind's main numbers: source (result/last_metrics), path, label, unit"
+    )
+    headline: list[dict[str, str]] = Field(
+        default_factory=list, description="headline candidates, the first present is what lists show"
     )
     json_schema: dict[str, Any]
 

@@ -8,6 +8,8 @@ ImageNet-like folders use Resize 256 → CenterCrop 224 and the ImageNet statist
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -285,9 +287,20 @@ class BaselineSpec(StrictModel):
 
 
 def protocol_of(spec: EvalSpec) -> dict[str, Any]:
-    """What decides an evaluation's number, apart from the weights: the key a baseline is cached under."""
+    """What decides an evaluation's number, apart from the weights and the data (which baselines keep
+    beside it): where files go, loader processes and the device do not."""
     values = spec.model_dump(mode="json")
     return {k: v for k, v in values.items() if k not in (*NOT_PROTOCOL, "dataset", "data_dir")}
+
+
+def baseline_key(spec: BaselineSpec) -> str:
+    """The identity of a baseline's number: the same key means the same protocol on the same data and
+    features, so it is computed once. Raw pixels do not depend on an architecture."""
+    ident: dict[str, Any] = {"features": spec.features, "protocol": spec.protocol, "dataset": spec.dataset,
+                             "data_dir": spec.data_dir, "evaluation": protocol_of(spec.evaluation_spec())}
+    if spec.features == "random_init":
+        ident.update(arch=spec.arch, small_stem=spec.small_stem, width=spec.width)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
 EVAL_SPECS: dict[str, type[EvalSpec]] = {
