@@ -27,6 +27,7 @@ from server.core import kinds as kinds_service
 from server.core.errors import NotFound
 from server.core.resources import lab_dir
 from server.core.text import clean_text, is_clean
+from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import runs as runs_service
 from server.services import tokens
@@ -197,6 +198,7 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
         child_kinds=child_kinds,
         can_export="export" in kinds_service.kinds(),
         can_words=run.kind == "pretrain" and "words" in kinds_service.kinds(),
+        is_evaluation=evaluations_service.is_evaluation(run.kind),
         collapsed=words_service.collapsed_levels(run.last_metrics),
         # the stream starts where this render stands, so nothing falls between history and live events
         cursor=str(events_service.start_cursor(db)),
