@@ -69,6 +69,19 @@ def parent_view(parent_kind: str, parent_spec: dict[str, Any] | None) -> dict[st
     return {}
 
 
+def inherit_view(kind: str, parent_kind: str, parent_spec: dict[str, Any] | None,
+                 requested: dict[str, Any]) -> dict[str, Any]:
+    """`requested` (an evaluation spec's values) with what it leaves unset taken from the parent's view:
+    an evaluation of a run reads that run's data as it was trained on, unless it names other data
+    (then the dataset's own defaults apply, never the parent's sizes for different images)."""
+    if kind not in EVAL_SPECS:
+        return requested
+    view = parent_view(parent_kind, parent_spec)
+    if not view or requested.get("dataset", view["dataset"]) != view["dataset"]:
+        return requested
+    return {**view, **{k: v for k, v in requested.items() if v is not None or k not in view}}
+
+
 def evaluation_defaults(
     kind: str, parent_kind: str, parent_spec: dict[str, Any] | None
 ) -> tuple[dict[str, Any], list[str]]:

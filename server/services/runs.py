@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from obow.config import list_presets, preset_dict
+from obow.config.eval_defaults import inherit_view
 from obow.config.presets import deep_update
 from obow.errors import ConfigError
 from server.core import artifacts as artifact_store
@@ -200,6 +201,7 @@ def build_spec(
             raise invalid(("body", "parent_id"), f"run {body.parent_id} does not exist")
         if weights_field is None:
             raise invalid(("body", "parent_id"), f"a '{body.kind}' run does not start from a parent")
+        data = inherit_view(body.kind, parent.kind, parent.spec, data)  # the parent's data and view
         data[weights_field] = str(pinned_weights(session, parent, settings, artifact_id=artifact_id))
     elif weights_field is not None and cls.model_fields[weights_field].is_required():
         raise invalid(("body", "parent_id"), f"a '{body.kind}' run needs parent_id (a run with a checkpoint)")
