@@ -23,15 +23,16 @@ KindQuery = Annotated[str, Query(min_length=1, max_length=40, pattern=r"^[A-Za-z
 
 
 @router.get("/{run_id}/evaluation-defaults", response_model=DefaultsOut, responses=BY_ID)
-def evaluation_defaults(run_id: IdPath, kind: KindQuery, db: DbDep) -> DefaultsOut:
+def evaluation_defaults(run_id: IdPath, db: DbDep, kind: KindQuery = "linear") -> DefaultsOut:
     """Spec values for a `kind` evaluation of this run (its data, view and normalisation, plus per-dataset
     CPU-sized settings), where they came from, and what they will cost."""
     return DefaultsOut.model_validate(evaluations_service.defaults(db, run_id, kind))
 
 
-@router.post("/{run_id}/evaluation-cost", response_model=CostOut, responses={**BY_ID, **BODY})
-def evaluation_cost(run_id: IdPath, body: CostIn, db: DbDep) -> CostOut:
-    """The expected cost of an evaluation spec as the form holds it (nothing is stored)."""
+@router.post("/{run_id}/evaluation-cost", response_model=CostOut, responses={**WRITE, **BY_ID, **BODY})
+def evaluation_cost(run_id: IdPath, body: CostIn, db: DbDep, _: TokenDep) -> CostOut:
+    """The expected cost of an evaluation spec as the form holds it (nothing is stored; a POST like every
+    other, so a session sends its CSRF token: only someone who may launch asks)."""
     return CostOut.model_validate(evaluations_service.estimate(db, run_id, body.kind, body.spec))
 
 
