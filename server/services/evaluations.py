@@ -9,6 +9,7 @@ their spec is the cache key (`obow.config.eval.baseline_key`), their result the 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from obow.config.eval import BASELINE_PROTOCOLS, EVAL_SPECS, BaselineSpec, EvalSpec, baseline_key, protocol_of
 from obow.config.eval_defaults import DATASET_SIZES, evaluation_defaults, images_to_process
 from server.core import kinds as kinds_service
-from server.core.errors import Invalid, invalid
+from server.core.errors import Invalid, ServiceError, invalid
 from server.core.headlines import headline_of, numbers_of
 from server.core.models import Artifact, Run, RunState
 from server.core.settings import Settings
@@ -27,6 +28,7 @@ from server.schemas import RunCreate
 from server.services import backbones
 from server.services import runs as runs_service
 
+log = logging.getLogger(__name__)
 # built-in data whose baselines the lab computes by itself (a user's folder could be any size)
 BASELINE_DATASETS = tuple(name for name in DATASET_SIZES if name != "FoolboxImageNet")
 FEATURES = {"raw_pixels": "raw pixels", "random_init": "random init"}
@@ -253,7 +255,10 @@ def ensure_baselines(session: Session, run: Run, settings: Settings, enqueue) ->
     for spec in baseline_specs(session, run):
         if find_baseline(session, spec) is None:
             body = RunCreate(kind="baseline", spec=spec.model_dump(mode="json"))
-            made.append(runs_service.create_run(session, body, settings, enqueue))
+            try:
+                made.append(runs_service.create_run(session, body, settings, enqueue))
+            except ServiceError as err:  # the evaluation itself is queued: a baseline is never its failure
+                log.warning("baseline %s of run %s not queued: %s", spec.features, run.id, err.message)
     return made
 
 
