@@ -99,7 +99,7 @@
 
   function baselineText(b) {
     if (b.value !== null && b.value !== undefined) {
-      return `<span class="baseline" data-features="${Lab.esc(b.features)}" data-value="${b.value}">${b.value.toFixed(2)}</span>`
+      return `<span class="baseline" data-features="${Lab.esc(b.features)}" data-value="${b.value}">${b.value.toFixed(2)}%</span>`
         + (b.delta !== null && b.delta !== undefined ? ` <strong class="delta ${b.delta >= 0 ? "better" : "worse"}">${signed(b.delta)}</strong>` : "")
         + (b.run_id ? ` <a href="/runs/${b.run_id}" class="muted">#${b.run_id}</a>` : "");
     }
@@ -170,13 +170,13 @@
     const exportForm = $("export-form");
     if (exportForm) exportForm.hidden = !exportFormats.length || !detail.artifacts.some((a) => ["checkpoint", "import"].includes(a.kind));
     const [evals, card] = await Promise.all([
-      Lab.api("GET", `/runs/${runId}/evaluations`),
+      $("evaluations") ? Lab.api("GET", `/runs/${runId}/evaluations`) : Promise.resolve({ ok: false }),
       $("result-card") ? Lab.api("GET", `/runs/${runId}/card`) : Promise.resolve(null),
     ]);
     const evalRows = evals.ok ? evals.data : [];
     const cards = evalRows.concat(card && card.ok && card.data ? [card.data] : []);
     baselinesPending = cards.some((c) => c.baselines.some((b) => b.run_id && b.value === null && !Lab.terminal(b.state)));
-    renderEvaluations(evalRows);
+    if ($("evaluations")) renderEvaluations(evalRows);
     if (card && card.ok) renderCard(card.data);
     await renderChildren(detail.children, new Set(evalRows.map((c) => c.run_id)));
     await loadWords();
