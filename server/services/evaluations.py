@@ -256,7 +256,9 @@ def ensure_baselines(session: Session, run: Run, settings: Settings, enqueue) ->
         if find_baseline(session, spec) is None:
             body = RunCreate(kind="baseline", spec=spec.model_dump(mode="json"))
             try:
-                made.append(runs_service.create_run(session, body, settings, enqueue))
+                made.append(runs_service.create_run(
+                    session, body, settings, enqueue, name=f"baseline {spec.protocol} {spec.features} {spec.dataset}"
+                ))
             except ServiceError as err:  # the evaluation itself is queued: a baseline is never its failure
                 log.warning("baseline %s of run %s not queued: %s", spec.features, run.id, err.message)
     return made

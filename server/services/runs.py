@@ -243,11 +243,12 @@ def create_run(
     enqueue: Enqueue,
     extra: dict[str, Any] | None = None,
     artifact_id: int | None = None,
+    name: str | None = None,
 ) -> Run:
     spec = build_spec(session, body, settings, extra, artifact_id)
     run = Run(
         kind=body.kind,
-        name=str(spec.get("name") or body.kind),
+        name=name or str(spec.get("name") or body.kind),
         preset=body.preset,
         spec=spec,
         parent_id=body.parent_id,

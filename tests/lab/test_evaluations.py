@@ -95,11 +95,17 @@ def test_defaults_and_cost_refuse_bad_input_naming_the_field(lab):
         ({"lr": "inf"}, ["body", "spec", "lr"]),
         ({"size": 64, "resize": 32}, ["body", "spec"]),
         ({"bogus": 1}, ["body", "spec", "bogus"]),
+        ({"dataset": "/etc/passwd"}, ["body", "spec", "dataset"]),
+        ({"test_subset": 2**64}, ["body", "spec", "test_subset"]),
     ):
         response = lab.client.post(f"{base}/evaluation-cost", json={"kind": "linear", "spec": spec})
         assert response.status_code == 422, (spec, response.text)
         assert response.json()["detail"][0]["loc"] == loc, response.json()
     assert lab.client.post(f"{base}/evaluation-cost", json={"kind": "export", "spec": {}}).status_code == 422
+    for raw in ('{"kind": "knn", "spec": {"dataset": "\\ud800"}}', '{"kind": "knn\\u0000", "spec": {}}',
+                '{"kind": "knn", "spec": {"lr": NaN}}'):
+        response = lab.client.post(f"{base}/evaluation-cost", content=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, (raw, response.text)
     bad = lab.client.post(f"{base}/evaluation-cost", json={"kind": "knn", "spec": {}, "extra": 1})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "extra"]
     # a folder of the user's: the count is unknown and says so
@@ -118,6 +124,7 @@ def test_headline_card_table_and_baselines_queued_once(lab):
     with lab.session() as session:
         baselines = session.scalars(select(Run).where(Run.kind == "baseline").order_by(Run.id)).all()
         assert [b.spec["features"] for b in baselines] == ["raw_pixels", "random_init"]
+        assert baselines[0].name == "baseline linear raw_pixels FashionMNIST"
         assert (baselines[1].spec["small_stem"], baselines[1].spec["width"]) == (True, 0.125)
         assert all(b.queue == "cpu" and b.spec["evaluation"]["subset"] == 1000 for b in baselines)
         baseline_ids = [b.id for b in baselines]
