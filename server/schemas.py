@@ -75,6 +75,9 @@ class AttemptOut(BaseModel):
     ended_at: datetime | None
     outcome: OutOptText
     error: OutOptText
+    provenance: OutOptDict = Field(
+        None, description="versions, host, GPUs, git commit, the resolved spec and the seed this attempt ran with"
+    )
 
 
 class ArtifactOut(BaseModel):
@@ -116,6 +119,7 @@ class RunSummary(BaseModel):
     cancel_requested: bool
     progress_done: int
     progress_total: int
+    phase: OutOptDict = Field(None, description="the current phase: label, unit, done, total, rate, eta_s")
     metric_keys: OutKeys
     last_metrics: Annotated[dict[str, float], BeforeValidator(_finite_values)]
     result: OutOptDict

@@ -3,6 +3,7 @@
 const Charts = {
   // Chart a key belongs to: by what it measures; per-epoch summaries ("epoch/...") get their own charts.
   groupOf(key) {
+    if (key.startsWith("sys/")) return Charts.systemGroup(key.slice(4));
     const summary = key.startsWith("epoch/");
     const name = summary ? key.slice(6) : key;
     let group = "other";
@@ -17,6 +18,13 @@ const Charts = {
     else if (/loss/i.test(name)) group = "loss";
     else if (/^lr$|^lr[_/]|learning_rate/i.test(name)) group = "learning rate";
     return summary ? `${group} (epoch means)` : group;
+  },
+
+  // System metrics (sampled by the worker on a wall-time axis): their own charts, by unit.
+  systemGroup(name) {
+    if (/_mb$/.test(name)) return "system: memory (MiB) by seconds";
+    if (/util|percent/.test(name)) return "system: utilisation (%) by seconds";
+    return "system: other by seconds";
   },
 
   colors: ["#2f6fdf", "#e4572e", "#29a36a", "#a23bec", "#f2a541", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"],

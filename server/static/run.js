@@ -23,9 +23,17 @@
     badge.className = `badge state-${run.state}`;
     badge.textContent = run.state + (run.cancel_requested && run.state === "running" ? " (cancelling)" : "");
     $("progress-bar").style.width = `${Lab.progressPct(run)}%`;
-    $("progress-text").textContent = run.progress_total ? `${run.progress_done} / ${run.progress_total}` : "";
+    const phase = run.phase;
+    $("progress-text").textContent = phase
+      ? `Phase: ${phase.label} ${phase.done}/${phase.total} ${phase.unit}`
+      : (run.progress_total ? `${run.progress_done} / ${run.progress_total}` : "");
+    $("phase-next").textContent = run.state === "running" && phase && phase.upcoming && phase.upcoming.length
+      ? `then: ${phase.upcoming.join(", ")}` : "";
     let eta = "";
-    if (run.state === "running" && run.started_at && run.progress_done > 0 && run.progress_total) {
+    if (run.state === "running" && phase) {
+      // the worker's estimate: the phase's measured rate, plus the phases to come at their units' rates
+      eta = phase.eta_s === null || phase.eta_s === undefined ? "ETA: measuring…" : `· ETA ${Lab.duration(phase.eta_s)}`;
+    } else if (run.state === "running" && run.started_at && run.progress_done > 0 && run.progress_total) {
       const elapsed = (Date.now() - new Date(run.started_at).getTime()) / 1000;
       eta = `ETA ${Lab.duration((elapsed * (run.progress_total - run.progress_done)) / run.progress_done)}`;
     } else if (run.started_at && run.finished_at) {
@@ -54,10 +62,12 @@
 
   function renderCharts() {
     renderPending = false;
-    const container = $("charts");
     const groups = series.groups();
-    $("no-metrics").hidden = groups.size > 0;
+    const isSystem = (group) => group.startsWith("system:");
+    $("no-metrics").hidden = [...groups.keys()].some((g) => !isSystem(g));
+    $("no-system").hidden = [...groups.keys()].some(isSystem);
     for (const [group, keys] of groups) {
+      const container = isSystem(group) ? $("sys-charts") : $("charts");
       const data = Charts.align(keys.map((k) => series.series(k)));
       const existing = charts.get(group);
       if (existing && existing.keys.join() === keys.join()) {
@@ -166,6 +176,7 @@
     $("attempts").innerHTML = detail.attempts.map((a) => `<tr><td>${a.id}</td><td>${Lab.esc(a.worker_host)}</td><td>${Lab.esc(a.gpu || "")}</td>
       <td>${a.pid}</td><td>${Lab.when(a.started_at)}</td><td>${Lab.when(a.ended_at)}</td><td>${Lab.esc(a.outcome || "running")}${a.error ? ": " + Lab.esc(a.error) : ""}</td></tr>`).join("")
       || `<tr><td colspan="7" class="muted">Not started.</td></tr>`;
+    renderProvenance(detail.attempts);
     $("artifacts").innerHTML = detail.artifacts.map((a) => artifactRow(a, true)).join("") || `<tr><td colspan="6" class="muted">None yet.</td></tr>`;
     const exportForm = $("export-form");
     if (exportForm) exportForm.hidden = !exportFormats.length || !detail.artifacts.some((a) => ["checkpoint", "import"].includes(a.kind));
@@ -181,6 +192,20 @@
     await renderChildren(detail.children, new Set(evalRows.map((c) => c.run_id)));
     await loadWords();
     return detail;
+  }
+
+  // Where and with what each attempt ran: a one-line summary, the whole record (resolved spec included) folded.
+  function renderProvenance(attempts) {
+    const open = new Set([...document.querySelectorAll("#provenance details[open]")].map((d) => d.dataset.attempt));
+    $("provenance").innerHTML = attempts.filter((a) => a.provenance).map((a) => {
+      const p = a.provenance;
+      const git = p.git ? ` · git ${Lab.esc(String(p.git.commit).slice(0, 10))}${p.git.dirty ? " (modified)" : ""}` : "";
+      const gpus = p.gpus && p.gpus.length ? Lab.esc(p.gpus.join(", ")) : "no GPU";
+      const line = `${Lab.esc(p.package || "")} ${Lab.esc(p.version || "?")}${git} · torch ${Lab.esc(p.torch || "?")}`
+        + ` · CUDA ${Lab.esc(p.cuda || "none")} · ${gpus} · ${Lab.esc(p.host || "")} · seed ${p.seed === null ? "none" : Lab.esc(String(p.seed))}`;
+      return `<details class="provenance" data-attempt="${a.id}"${open.has(String(a.id)) ? " open" : ""}>
+        <summary>Provenance of attempt ${a.id}: ${line}</summary><pre class="spec">${Lab.esc(JSON.stringify(p, null, 2))}</pre></details>`;
+    }).join("");
   }
 
   async function loadHistory() {
