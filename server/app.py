@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server.api.guards import BodyLimit, TrustedHost
-from server.api.routes import artifacts, imports, meta, runs, sweeps
+from server.api.routes import artifacts, evaluations, imports, meta, runs, sweeps
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
 from server.core.queue import CeleryEnqueuer
@@ -137,7 +137,10 @@ def create_app(
             return JSONResponse({"detail": err.errors}, status_code=422)
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
-    for router in (runs.router, sweeps.router, artifacts.router, imports.router, meta.router, meta.health_router):
+    for router in (
+        runs.router, evaluations.router, sweeps.router, artifacts.router, imports.router, meta.router,
+        meta.health_router,
+    ):
         app.include_router(router, prefix="/api/v1")
     app.include_router(sweep_pages_router)
     app.include_router(pages_router)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, computed_field
 
 from server.core import notes
+from server.core.headlines import headline_of
 from server.core.text import clean_json
 
 # The integer columns a request's numbers end up compared with: run and artifact ids are 32-bit on
@@ -95,6 +96,9 @@ class ExportCreate(BaseModel):
 
     format: str = Field(..., min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_\-]+$")
     options: dict[str, Any] = Field(default_factory=dict)
+    artifact_id: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Which of the run's checkpoints to convert (default: the newest)"
+    )
 
 
 class AttemptOut(BaseModel):
@@ -128,6 +132,13 @@ class ArtifactOut(BaseModel):
     download_url: str
 
 
+class Headline(BaseModel):
+    key: str = Field(description="where the number is: a dotted path into the run's result or last_metrics")
+    label: str
+    value: float
+    unit: str
+
+
 class RunSummary(BaseModel):
     """A run in a list (`GET /runs`, a run's children): everything but its spec, which can be up to the
     body cap in size; a page of runs stays small. `GET /runs/{id}` has the spec."""
@@ -159,6 +170,13 @@ class RunSummary(BaseModel):
     launched_by: OutOptText = None
     archived_at: datetime | None = None
     child_count: int | None = Field(None, description="Only with top_level=true: how many runs have it as parent")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def headline(self) -> Headline | None:
+        """The kind's main number (its table in `KindInfo.headline`): what a list of runs shows."""
+        found = headline_of(self.kind, self.result, self.last_metrics)
+        return Headline(**found) if found else None
 
 
 class RunOut(RunSummary):
@@ -252,6 +270,12 @@ class KindOut(BaseModel):
     upload_field: str | None = Field(description="the spec field the server fills with an upload (imports)")
     path_fields: dict[str, str] = Field(
         description="dotted spec field -> where it may point: data (a data root), cache, weights, upload"
+    )
+    numbers: list[dict[str, str]] = Field(
+        default_factory=list, description="the kind's main numbers: source (result/last_metrics), path, label, unit"
+    )
+    headline: list[dict[str, str]] = Field(
+        default_factory=list, description="headline candidates, the first present is what lists show"
     )
     json_schema: dict[str, Any]
 

@@ -12,16 +12,21 @@ from obow.data.views import ViewDataset
 from obow.devices import resolve_device
 from obow.errors import ConfigError
 from obow.eval.common import load_eval_backbone, loader, open_split, write_results
+from obow.models.backbone import ResNetBackbone
 from obow.models.features import extract_features, knn_accuracy
 from obow.reporting import Reporter, check_stop, phases_plan, start_phase
 
 
-def run_knn(spec: KnnSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
-    """kNN top-1 of the frozen student: training split as the memory bank, test split as queries."""
+def run_knn(spec: KnnSpec, out_dir: Path, reporter: Reporter, backbone: ResNetBackbone | None = None) -> dict[str, Any]:
+    """kNN top-1 of the frozen student (or of `backbone`, a baseline's features): training split as the
+    memory bank, test split as queries."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.device)
-    backbone = load_eval_backbone(spec.checkpoint, device).backbone
+    if backbone is None:
+        backbone = load_eval_backbone(spec.checkpoint, device).backbone
+    else:
+        backbone = backbone.to(device).eval()
     train_src = open_split(spec, spec.train_split, spec.subset)
     test_src = open_split(spec, spec.test_split, spec.test_subset)
     if max(spec.k) > len(train_src):

@@ -149,13 +149,18 @@ def _test_features(spec: LinearSpec, out_dir: Path, backbone: ResNetBackbone, so
                             upcoming=upcoming)
 
 
-def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter, backbone: ResNetBackbone | None = None,
+               features_id: str | None = None) -> dict[str, Any]:
+    """The probe of `spec.checkpoint`'s student, or of `backbone` (a baseline's features: raw pixels, a
+    random network; `features_id` then names them in the feature cache instead of the file's sha256)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     device = resolve_device(spec.device)
-    loaded = load_eval_backbone(spec.checkpoint, device)
-    backbone = loaded.backbone
+    if backbone is None:
+        backbone = load_eval_backbone(spec.checkpoint, device).backbone
+    else:
+        backbone = backbone.to(device).eval()
     freeze(backbone)
     frozen = state_hash(backbone)
     train_src = open_split(spec, spec.train_split, spec.subset)
@@ -163,7 +168,7 @@ def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     if test_src.num_classes != train_src.num_classes:
         raise DataError(f"train has {train_src.num_classes} classes but {spec.test_split} has "
                         f"{test_src.num_classes}; both splits need the same class folders")
-    checkpoint_sha = sha256_of(Path(spec.checkpoint)) if spec.precache else ""
+    checkpoint_sha = (features_id or sha256_of(Path(spec.checkpoint))) if spec.precache else ""
     cache = None
     started = time.perf_counter()
     # the training phase's rate is unknown until it runs (it is not in images): it is left out of the ETA

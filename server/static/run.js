@@ -12,6 +12,7 @@
   let exportFormats = [];
   let detailPoller = null; // set below, before anything loads
   let reloadWanted = false;
+  let baselinesPending = false; // a baseline of this run (or of its evaluations) is still being computed
   const reloadDetail = () => { reloadWanted = true; return detailPoller.now(); };
 
   function showActionError(message) { const el = $("action-error"); el.hidden = !message; el.textContent = message || ""; }
@@ -103,10 +104,60 @@
       <td><a class="download" href="${a.download_url}" download>Download</a> ${convert}</td></tr>`;
   }
 
-  async function renderChildren(children) {
+  const pct = (n) => (n.unit === "%" ? `${n.value.toFixed(2)}%` : Lab.num(n.value));
+  const signed = (d) => `${d >= 0 ? "+" : "−"}${Math.abs(d).toFixed(2)}`;
+
+  function baselineText(b) {
+    if (b.value !== null && b.value !== undefined) {
+      return `<span class="baseline" data-features="${Lab.esc(b.features)}" data-value="${b.value}">${b.value.toFixed(2)}%</span>`
+        + (b.delta !== null && b.delta !== undefined ? ` <strong class="delta ${b.delta >= 0 ? "better" : "worse"}">${signed(b.delta)}</strong>` : "")
+        + (b.run_id ? ` <a href="/runs/${b.run_id}" class="muted">#${b.run_id}</a>` : "");
+    }
+    if (b.run_id) return `<span class="muted">${Lab.esc(b.state)} (<a href="/runs/${b.run_id}">#${b.run_id}</a>)</span>`;
+    return `<span class="muted">not computed</span>`;
+  }
+
+  function checkpointText(c) {
+    if (!c) return "";
+    const epoch = c.epoch !== null && c.epoch !== undefined ? `epoch ${c.epoch}` : Lab.esc(c.name);
+    return c.run_id ? `<a href="/runs/${c.run_id}">#${c.run_id}</a> ${epoch}` : epoch;
+  }
+
+  function renderCard(card) {
+    if (!$("result-card") || !card) return;
+    const hasNumbers = card.numbers.length > 0;
+    $("card-pending").hidden = hasNumbers;
+    $("card-pending").textContent = run && run.state === "failed" ? "The evaluation failed: no numbers."
+      : "The numbers appear here when the evaluation has finished.";
+    $("card-body").hidden = !hasNumbers;
+    if (!hasNumbers) return;
+    $("card-numbers").innerHTML = card.numbers.map((n, i) => `<div class="number${i === 0 ? " headline" : ""}" data-key="${Lab.esc(n.key)}">
+      <div class="value">${pct(n)}</div><div class="label muted">${Lab.esc(n.label)}</div></div>`).join("");
+    $("card-protocol").textContent = card.protocol;
+    $("card-checkpoint").innerHTML = checkpointText(card.checkpoint);
+    $("card-baselines-table").hidden = !card.baselines.length;
+    $("card-baselines").innerHTML = card.baselines.map((b) => `<tr data-baseline="${Lab.esc(b.features)}"><td>${Lab.esc(b.label)}</td>
+      <td>${b.value !== null && b.value !== undefined ? `${b.value.toFixed(2)}%` : baselineText(b)}</td>
+      <td>${b.delta !== null && b.delta !== undefined ? `<strong class="delta ${b.delta >= 0 ? "better" : "worse"}">${signed(b.delta)} points</strong>` : ""}</td></tr>`).join("");
+  }
+
+  function renderEvaluations(rows) {
+    const byFeatures = (c, f) => c.baselines.find((b) => b.features === f);
+    $("evaluations").innerHTML = rows.map((c) => {
+      const numbers = c.numbers.map((n, i) => `<span class="number${i === 0 ? " headline" : ""}" data-key="${Lab.esc(n.key)}" title="${Lab.esc(n.label)}">${Lab.esc(n.label)} <strong>${pct(n)}</strong></span>`).join(" · ");
+      const vs = (f) => { const b = byFeatures(c, f); return b ? baselineText(b) : ""; };
+      return `<tr data-evaluation="${c.run_id}"><td><a href="/runs/${c.run_id}">#${c.run_id}</a></td><td>${Lab.esc(c.kind)}</td>
+        <td><span class="badge state-${c.state}">${c.state}</span></td><td>${numbers}</td>
+        <td>${vs("raw_pixels")}</td><td>${vs("random_init")}</td><td class="muted">${Lab.esc(c.protocol)}</td>
+        <td>${checkpointText(c.checkpoint)}</td></tr>`;
+    }).join("") || `<tr><td colspan="8" class="muted">None yet: launch one with an Evaluate button above.</td></tr>`;
+  }
+
+  async function renderChildren(children, skip) {
     const rows = [];
     for (const c of children) {
-      let result = c.result ? Object.entries(c.result).slice(0, 4).map(([k, v]) => `${k}: ${typeof v === "number" ? Lab.num(v) : Lab.esc(JSON.stringify(v)).slice(0, 40)}`).join(", ") : "";
+      if (skip.has(c.id)) continue;
+      let result = c.headline ? `${Lab.esc(c.headline.label)} <strong>${pct(c.headline)}</strong>` : c.result ? Object.entries(c.result).slice(0, 4).map(([k, v]) => `${k}: ${typeof v === "number" ? Lab.num(v) : Lab.esc(JSON.stringify(v)).slice(0, 40)}`).join(", ") : "";
       if (c.kind === "export" && c.state === "succeeded") {
         const arts = await Lab.api("GET", `/runs/${c.id}/artifacts`);
         if (arts.ok) result += arts.data.map((a) => ` <a class="download export-download" href="${a.download_url}" download>${Lab.esc(a.name)}</a>`).join("");
@@ -129,7 +180,16 @@
     $("artifacts").innerHTML = detail.artifacts.map((a) => artifactRow(a, true)).join("") || `<tr><td colspan="6" class="muted">None yet.</td></tr>`;
     const exportForm = $("export-form");
     if (exportForm) exportForm.hidden = !exportFormats.length || !detail.artifacts.some((a) => ["checkpoint", "import"].includes(a.kind));
-    await renderChildren(detail.children);
+    const [evals, card] = await Promise.all([
+      $("evaluations") ? Lab.api("GET", `/runs/${runId}/evaluations`) : Promise.resolve({ ok: false }),
+      $("result-card") ? Lab.api("GET", `/runs/${runId}/card`) : Promise.resolve(null),
+    ]);
+    const evalRows = evals.ok ? evals.data : [];
+    const cards = evalRows.concat(card && card.ok && card.data ? [card.data] : []);
+    baselinesPending = cards.some((c) => c.baselines.some((b) => b.run_id && b.value === null && !Lab.terminal(b.state)));
+    if ($("evaluations")) renderEvaluations(evalRows);
+    if (card && card.ok) renderCard(card.data);
+    await renderChildren(detail.children, new Set(evalRows.map((c) => c.run_id)));
     await loadWords();
     return detail;
   }
@@ -162,7 +222,18 @@
     let fmt = schema.properties && schema.properties.format;
     while (fmt && fmt.$ref) fmt = schema.$defs[fmt.$ref.split("/").pop()];
     exportFormats = (fmt && (fmt.enum || (fmt.anyOf || []).flatMap((v) => v.enum || []))) || [];
-    $("export-format").innerHTML = exportFormats.map((f) => `<option>${Lab.esc(f)}</option>`).join("");
+    // which formats this run's checkpoint can take (a small-stem or narrow backbone has no torchvision twin)
+    const fits = await Lab.api("GET", `/runs/${runId}/export-formats`);
+    const verdict = (fits.ok && fits.data.formats) || {};
+    $("export-format").innerHTML = exportFormats.map((f) => {
+      const v = verdict[f] || { allowed: true };
+      return `<option value="${Lab.esc(f)}" ${v.allowed ? "" : "disabled"} title="${Lab.esc(v.reason || "")}"
+        data-reason="${Lab.esc(v.reason || "")}">${Lab.esc(f)}${v.allowed ? "" : " (not possible)"}</option>`;
+    }).join("");
+    const firstAllowed = exportFormats.find((f) => !verdict[f] || verdict[f].allowed);
+    if (firstAllowed) $("export-format").value = firstAllowed;
+    const refused = exportFormats.filter((f) => verdict[f] && !verdict[f].allowed);
+    $("export-reason").textContent = refused.length ? `${refused.join(", ")}: ${verdict[refused[0]].reason}` : "";
     // the export's yes/no options (e.g. leave out the fc, BGR input) as checkboxes, from its schema;
     // each format shows only the options it honours (the schema's x-export-formats, the server's registry)
     const facts = schema["x-export-formats"] || {};
@@ -181,13 +252,15 @@
     showOptions();
   }
 
-  async function startExport() {
+  async function startExport(artifactId) {
     showActionError("");
     const options = {};
     document.querySelectorAll("#export-options [data-option]").forEach((box) => {
       if (box.checked) options[box.dataset.option] = true;
     });
-    const result = await Lab.api("POST", `/runs/${runId}/exports`, { format: $("export-format").value, options });
+    const body = { format: $("export-format").value, options };
+    if (artifactId) body.artifact_id = artifactId;
+    const result = await Lab.api("POST", `/runs/${runId}/exports`, body);
     if (!result.ok) { showActionError(result.status === 401 ? "Log in to convert weights." : Lab.errorText(result)); return; }
     await reloadDetail();
   }
@@ -223,18 +296,21 @@
   });
   const exportForm = $("export-form");
   if (exportForm) exportForm.addEventListener("submit", (e) => { e.preventDefault(); startExport(); });
-  $("artifacts").addEventListener("click", (e) => { if (e.target.classList.contains("convert")) startExport(); });
+  // a row's Convert converts that row's checkpoint (not the newest one)
+  $("artifacts").addEventListener("click", (e) => {
+    if (e.target.classList.contains("convert")) startExport(Number(e.target.dataset.artifact));
+  });
 
   // The detail (state, attempts, artifacts, children) is only ever loaded through this poller: one request
   // chain in flight, refreshed 2 s after the previous answer while anything moves (longer when slow or
   // failing); a state change seen on the stream asks for a reload (after the one in flight, if any).
   detailPoller = Lab.poller(async () => {
     const busy = run && !Lab.terminal(run.state);
-    const childBusy = [...document.querySelectorAll("#children .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
+    const childBusy = [...document.querySelectorAll("#children .badge, #evaluations .badge")].some((b) => !/succeeded|failed|cancelled/.test(b.textContent));
     const wanted = reloadWanted;
     reloadWanted = false;
     let ok = true;
-    if (wanted || busy || childBusy) ok = Boolean(await loadDetail());
+    if (wanted || busy || childBusy || baselinesPending) ok = Boolean(await loadDetail());
     if (series.size() > 20000) { series.byKey.clear(); await loadHistory(); }
     return ok;
   }, { interval: 2000 });

@@ -62,7 +62,7 @@
       <td><span class="badge state-${Lab.esc(run.state)}">${Lab.esc(run.state)}</span>${collapsed.length ? ` <span class="badge collapse" title="vocabulary collapse: ${Lab.esc(collapsed.join(", "))}">collapse</span>` : ""}</td>
       <td>${Lab.esc(run.project)}</td>
       <td><div class="progress" title="${run.progress_done}/${run.progress_total}"><div style="width:${pct}%"></div></div></td>
-      <td>${Lab.esc(Lab.keyMetric(run.last_metrics))}</td>
+      <td class="headline">${Lab.esc(Lab.headline(run))}</td>
       <td class="muted">${Lab.esc(run.launched_by || "")}</td>
       <td class="muted">${Lab.when(run.created_at)}</td></tr>`;
   }

@@ -35,6 +35,7 @@ from server.schemas import (
     WordsCreate,
 )
 from server.services import artifacts as artifacts_service
+from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import exports as exports_service
 from server.services import logs as logs_service
@@ -54,8 +55,10 @@ router = APIRouter(
 @router.post("", status_code=201, response_model=RunOut, responses={**WRITE, **BODY})
 def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep) -> RunOut:
     """Validate the spec (422 names each bad field), store the run, then queue it. `launched_by` is the
-    name of the token (or of the dashboard session's token) that asked."""
+    name of the token (or of the dashboard session's token) that asked. A linear or kNN evaluation on
+    built-in data also queues its baselines (raw pixels, random init) unless cached."""
     run = runs_service.create_run(db, body, settings, enqueue, launched_by=token.name)
+    evaluations_service.ensure_baselines(db, run, settings, enqueue)
     return RunOut.model_validate(run)
 
 
