@@ -98,8 +98,9 @@ def test_evaluate_from_a_run_with_its_defaults_and_read_the_answer(live, page): 
     expect(row.locator('[data-key="top1.20"] strong')).to_have_text(f"{result['top1']['20']:.2f}%")
     expect(row).to_contain_text("epoch 2")
     expect(page.locator(f'#children tr[data-child="{knn_id}"]')).to_have_count(0)
-    # the runs list: the kind's headline
+    # the runs list: the kind's headline (an evaluation is listed under its parent: expand it)
     page.goto(f"{live.url}/")
+    page.click(f'tr[data-run-id="{parent["id"]}"] button.expand')
     expect(page.locator(f'tr[data-run-id="{knn_id}"] td.headline')).to_have_text(
         f"kNN top-1 (k=20) {result['top1']['20']:.2f}%"
     )
