@@ -12,8 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from server import api_docs
 from server.api.guards import BodyLimit, TrustedHost
-from server.api.routes import artifacts, imports, meta, runs, sweeps
+from server.api.routes import artifacts, compare, imports, meta, runs, sweeps
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
 from server.core.queue import CeleryEnqueuer
@@ -113,7 +114,7 @@ def create_app(
         title="OBoW Lab",
         version="1",
         description="Runs, metrics, artifacts of OBoW pretraining, evaluation and export.",
-        docs_url="/api/docs",
+        docs_url=None,  # served offline by `server.api_docs` (Swagger UI /api/docs, ReDoc /api/redoc)
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
@@ -131,8 +132,12 @@ def create_app(
             return JSONResponse({"detail": err.errors}, status_code=422)
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
-    for router in (runs.router, sweeps.router, artifacts.router, imports.router, meta.router, meta.health_router):
+    api_routers = (
+        runs.router, compare.router, sweeps.router, artifacts.router, imports.router, meta.router, meta.health_router
+    )
+    for router in api_routers:
         app.include_router(router, prefix="/api/v1")
+    api_docs.install(app, "/api/v1/openapi.json", "OBoW Lab")
     app.include_router(sweep_pages_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
