@@ -1,7 +1,8 @@
 """The API's documentation pages, offline: Swagger UI at /api/docs and ReDoc at /api/redoc, their
 scripts and styles served by the lab itself from the `fastapi-offline` package's copy of the
 swagger-ui-dist and ReDoc bundles (FastAPI's defaults load them from a CDN, which a cluster without
-internet cannot reach). No Google fonts, no online validator badge. Also the favicon."""
+internet cannot reach). No Google fonts, no online validator badge, and a Content-Security-Policy that keeps the pages
+from fetching anything from elsewhere. Also the favicon."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from server.core.resources import lab_dir
 
 ASSETS_URL = "/api/docs-assets"
+# The pages may load nothing from elsewhere: ReDoc's bundle still shows a "by Redocly" logo from its CDN
+# (decoration, hidden when it fails); the policy stops the browser from even trying.
+SAME_SITE_ONLY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:"
+)
 FAVICON_URL = "/static/favicon.svg"
 
 
@@ -31,7 +38,7 @@ def install(app: FastAPI, openapi_url: str, title: str) -> None:
 
     @app.get("/api/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=openapi_url,
             title=f"{title} · API",
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
@@ -39,16 +46,20 @@ def install(app: FastAPI, openapi_url: str, title: str) -> None:
             swagger_favicon_url=FAVICON_URL,
             swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the online validator
         )
+        page.headers["Content-Security-Policy"] = SAME_SITE_ONLY
+        return page
 
     @app.get("/api/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=openapi_url,
             title=f"{title} · API",
             redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=FAVICON_URL,
             with_google_fonts=False,
         )
+        page.headers["Content-Security-Policy"] = SAME_SITE_ONLY
+        return page
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon_ico() -> FileResponse:

@@ -21,7 +21,14 @@
   $("compare-log").checked = params.get("log") === "1";
   let wantedKey = params.get("key") || "";
 
-  function chosen() { return [...form.querySelectorAll('input[name="run"]:checked')].map((i) => Number(i.value)); }
+  // chosen runs in the order they were picked (a shared link's order first): the table's columns and the
+  // chart's colours stay put when one more run is ticked
+  let order = (params.get("runs") || params.get("ids") || "").split(",").map(Number).filter((n) => n > 0);
+  function chosen() {
+    const checked = [...form.querySelectorAll('input[name="run"]:checked')].map((i) => Number(i.value));
+    order = order.filter((id) => checked.includes(id)).concat(checked.filter((id) => !order.includes(id)));
+    return order.slice();
+  }
   function smoothing() { return Number($("compare-smooth").value) || 0; }
   function showError(message) { $("compare-error").hidden = !message; $("compare-error").textContent = message || ""; }
 
