@@ -37,7 +37,7 @@ const Charts = {
 
   // The y-axis label of a panel: what it measures.
   axisLabel(group) {
-    const base = group.replace(/ \(epoch means\)$/, "");
+    const base = group.replace(/ \(epoch means\)$/, "").replace(/^system: /, "");
     return ({ throughput: "images / s", "queue age": "steps", "words used": "fraction of words",
       "vocabulary collapse": "collapsed (1) or not (0)" })[base] || base;
   },

@@ -112,7 +112,7 @@
       const wrap = input.closest(".field");
       const label = wrap.querySelector("label");
       label.textContent = BASIC[lastPart(input)];
-      label.insertAdjacentHTML("beforeend", `<span class="path">${Lab.esc(input.dataset.path)}</span>`);
+      if (input.dataset.path.includes(".")) label.insertAdjacentHTML("beforeend", `<span class="path">${Lab.esc(input.dataset.path)}</span>`);
       basicBox.appendChild(wrap);
     }
     const advanced = document.createElement("details");

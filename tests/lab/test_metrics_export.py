@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from benchmarks.serving import serve_in_thread
-from obow_lab_client import LabClient
+from obow_lab_client import LabClient, LabError
 from server.core.models import Metric
 from server.services import metrics_export
 from tests.lab.test_compare import make_run
@@ -96,7 +96,8 @@ def _stream(base: str, lab, run_id: int) -> tuple[int, int, int]:
 
 
 def test_a_large_run_streams_in_flat_memory_and_the_client_saves_it(lab, tmp_path):
-    small, large, n = make_run(lab, "small", {}), make_run(lab, "large", {}), 120_000
+    n = 120_000
+    small, large = (make_run(lab, name, {}, last={"loss": 0.0}) for name in ("small", "large"))
     _insert(lab, small, n // 10)
     _insert(lab, large, n)
     with serve_in_thread(lab.client.app) as base:
@@ -111,6 +112,14 @@ def test_a_large_run_streams_in_flat_memory_and_the_client_saves_it(lab, tmp_pat
         with LabClient(base, lab.token) as client:
             saved = client.download_metrics(large, tmp_path / "m.csv")
             saved_json = client.download_metrics(large, tmp_path / "m.json", fmt="json")
+            assert [r["id"] for r in client.compare([large, small])["runs"]] == [large, small]
+            table = client.download_comparison([large, small], tmp_path / "t.csv")
+            assert table.read_text().startswith(f"section,key,#{large} large,#{small} small")
+            on_images = client.compare_series([small], "loss", x="images")["runs"][0]
+            assert on_images["x"] == [] and "batch size" in on_images["note"]
+            with pytest.raises(LabError) as refused:
+                client.compare([])
+            assert refused.value.status == 422
     with open(saved, newline="") as handle:
         rows = list(csv.reader(handle))
     assert len(rows) == n + 1 and rows[-1] == ["loss", str(n - 1), repr((n - 1) * 0.5), repr(1.7e9 + n - 1)]
