@@ -55,6 +55,13 @@ def test_csv_and_json_hold_every_point_exactly(lab, monkeypatch):
     assert body["run_id"] == run_id and body["columns"] == ["key", "step", "value", "time"]
     assert [tuple(p) for p in body["points"]] == _stored(lab, run_id)
 
+    # pages of 2 over steps logged several times: a page's end falls inside each group of equal steps
+    monkeypatch.setattr(metrics_export, "PAGE", 2)
+    repeats = [("k", s, float(i), 0.0) for i, s in enumerate([1, 1, 1, 2, 3, 3, 3, 3, 3, 4])] + [("j", 7, 1.0, 0.0)]
+    grouped = make_run(lab, "repeats", {}, points=repeats)
+    body = lab.client.get(f"/api/v1/runs/{grouped}/metrics.json").json()
+    assert [tuple(p) for p in body["points"]] == _stored(lab, grouped) and len(body["points"]) == 11
+
     empty = make_run(lab, "empty", {})
     assert lab.client.get(f"/api/v1/runs/{empty}/metrics.csv").text == "key,step,value,time\r\n"
     assert lab.client.get(f"/api/v1/runs/{empty}/metrics.json").json()["points"] == []
