@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -32,6 +33,7 @@ STATIC_DIR = lab_dir("static")
 # how often the API steps its running sweeps: what the controller adds between a trial's end and the
 # next trial's start is at most this (plus the step itself)
 SWEEP_CONTROL_S = 0.25
+STREAM_READ_THREADS = 16
 log = logging.getLogger("obow.lab")
 
 
@@ -108,6 +110,7 @@ def create_app(
         for task in tasks:
             task.cancel()
         app.state.notifier.stop()
+        app.state.stream_reads.shutdown(wait=False)
         engine.dispose()
 
     app = FastAPI(
@@ -125,6 +128,9 @@ def create_app(
     app.state.enqueue = enqueue or CeleryEnqueuer(settings.celery_broker_url)
     app.state.login_throttle = LoginThrottle()
     app.state.notifier = RunNotifier(settings.db_url)  # wakes SSE streams when their run's rows change
+    # SSE streams read in threads of their own: behind 40 busy request threads (the shared pool's
+    # limit) a woken stream would wait for a thread, and its delivery delay with it
+    app.state.stream_reads = ThreadPoolExecutor(max_workers=STREAM_READ_THREADS, thread_name_prefix="sse-read")
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, err: ServiceError) -> JSONResponse:

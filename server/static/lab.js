@@ -15,9 +15,19 @@ const Lab = {
     } catch (_) { // the server is down or restarting: a failed result, not an unhandled rejection
       return { ok: false, status: 0, data: { detail: "the server cannot be reached; try again" } };
     }
+    if (response.status === 401) Lab.loginAgain();
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
     return { ok: response.ok, status: response.status, data };
+  },
+
+  // The session ended (expired, logged out in another tab, its token revoked): go to the login page,
+  // which brings the user back here, instead of leaving a page that fails every refresh.
+  loginAgain() {
+    if (Lab.leaving) return;
+    Lab.leaving = true;
+    const here = window.location.pathname + window.location.search;
+    window.location.assign("/login?next=" + encodeURIComponent(here));
   },
 
   errorText(result) {

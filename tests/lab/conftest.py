@@ -37,6 +37,16 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[2]
 # Host names the in-process apps answer: TestClient's own ("testserver") and the defaults
 TEST_HOSTS = "testserver,localhost,127.0.0.1,::1"
+# A tiny real pretraining: 1 epoch of 4 iterations on Fashion-MNIST, the live tests' run.
+PRETRAIN = {
+    "kind": "pretrain",
+    "preset": "FashionMNIST/tiny",
+    "spec": {
+        "optim": {"num_epochs": 1},
+        "data": {"epoch_size": 64, "batch_size": 16},
+        "runtime": {"print_freq": 1, "workers": 0, "device": "cpu"},
+    },
+}
 
 # The library's own kinds, before the fakes replace export/import for the in-process API tests (whose
 # fake trainer writes JSON "checkpoints"); live tests put the real ones back, as their worker has them.

@@ -233,6 +233,7 @@ async def stream_events(
 
     cursor = await run_in_threadpool(first_cursor)
     notifier = request.app.state.notifier
+    reads = request.app.state.stream_reads
 
     async def body() -> AsyncIterator[str]:
         """Read, send, then sleep until the run's rows change (a notification) or the safety-net poll
@@ -246,7 +247,7 @@ async def stream_events(
             while True:
                 woken.clear()
                 read_at = time.monotonic()
-                events, cursor, finished = await run_in_threadpool(poll, cursor)
+                events, cursor, finished = await asyncio.get_running_loop().run_in_executor(reads, poll, cursor)
                 for name, data, after in events:
                     yield f"id: {after}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
                 if finished:
