@@ -88,19 +88,27 @@ def pages(open_session: Callable[[], Session], run_id: int, page: int | None = N
         yield from _key_pages(open_session, run_id, key, page)
 
 
-def csv_chunks(open_session: Callable[[], Session], run_id: int) -> Iterator[str]:
+def _csv_cell(text: str) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(COLUMNS)
+    csv.writer(out, lineterminator="\r\n").writerow([safe_cell(text)])  # quotes a cell holding \r or \n
+    return out.getvalue()[:-2]
+
+
+def csv_chunks(open_session: Callable[[], Session], run_id: int) -> Iterator[str]:
+    """A page's points share one key: its quoted cell is made once, the lines by formatting (the csv
+    module's quoting applies to the key, the only text column)."""
+    yield ",".join(COLUMNS) + "\r\n"
+    cells: dict[str, str] = {}
     for rows in pages(open_session, run_id):
+        if len(cells) > 1000:
+            cells.clear()
+        parts = []
         for key, step, value, when in rows:
-            writer.writerow((safe_cell(key), step, repr(value), repr(when)))
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
-    tail = out.getvalue()
-    if tail:
-        yield tail
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = _csv_cell(key)
+            parts.append(f"{cell},{step},{value!r},{when!r}\r\n")
+        yield "".join(parts)
 
 
 def _number(value: float) -> str:

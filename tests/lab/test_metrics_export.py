@@ -18,7 +18,7 @@ from server.core.models import Metric
 from server.services import metrics_export
 from tests.lab.test_compare import make_run
 
-HOSTILE_KEYS = ["a,b", 'q"uote', "new\nline", "=cmd()", "üñí"]
+HOSTILE_KEYS = ["a,b", 'q"uote', "new\nline", "cr\rx", "=cmd()", "üñí", ""]
 
 
 def _stored(lab, run_id: int) -> list[tuple[str, int, float, float]]:
@@ -47,7 +47,7 @@ def test_csv_and_json_hold_every_point_exactly(lab, monkeypatch):
     parsed = [(k, int(s), float(v), float(t)) for k, s, v, t in rows[1:]]
     expected = [("'=cmd()" if k == "=cmd()" else k, s, v, t) for k, s, v, t in _stored(lab, run_id)]
     assert parsed == expected and len(parsed) == len(points)  # full resolution, floats round-trip
-    assert {"a,b", 'q"uote', "new\nline", "'=cmd()", "üñí"} <= {p[0] for p in parsed}
+    assert {"a,b", 'q"uote', "new\nline", "cr\rx", "'=cmd()", "üñí", ""} <= {p[0] for p in parsed}
 
     download = lab.client.get(f"/api/v1/runs/{run_id}/metrics.json")
     assert download.headers["content-disposition"] == f'attachment; filename="run-{run_id}-metrics.json"'
@@ -70,11 +70,6 @@ def test_csv_and_json_hold_every_point_exactly(lab, monkeypatch):
         assert lab.client.get(f"/api/v1/runs/0/metrics.{suffix}").status_code == 422
         assert lab.anon.get(f"/api/v1/runs/{run_id}/metrics.{suffix}").status_code == 401
     assert other != run_id
-
-
-@pytest.fixture(params=["postgresql"])
-def backend(request) -> str:  # the large run: on the production database only (COPY makes it quick)
-    return request.param
 
 
 def _insert(lab, run_id: int, n: int) -> None:
@@ -102,6 +97,7 @@ def _stream(base: str, lab, run_id: int) -> tuple[int, int, int]:
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the large run: on the production database only
 def test_a_large_run_streams_in_flat_memory_and_the_client_saves_it(lab, tmp_path):
     n = 120_000
     small, large = (make_run(lab, name, {}, last={"loss": 0.0}) for name in ("small", "large"))
