@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from server import api_docs
 from server.api.guards import BodyLimit, TrustedHost
-from server.api.routes import artifacts, compare, imports, meta, runs, sweeps
+from server.api.routes import artifacts, compare, evaluations, imports, meta, runs, sweeps
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
 from server.core.queue import CeleryEnqueuer
@@ -139,7 +139,8 @@ def create_app(
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
     api_routers = (
-        runs.router, compare.router, sweeps.router, artifacts.router, imports.router, meta.router, meta.health_router
+        runs.router, compare.router, evaluations.router, sweeps.router, artifacts.router, imports.router,
+        meta.router, meta.health_router,
     )
     for router in api_routers:
         app.include_router(router, prefix="/api/v1")

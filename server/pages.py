@@ -29,6 +29,7 @@ from server.core.models import Run
 from server.core.resources import lab_dir
 from server.core.text import clean_text, is_clean
 from server.services import compare as compare_service
+from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import runs as runs_service
 from server.services import tokens
@@ -185,10 +186,12 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
     except NotFound as err:
         return _render("error.html", _context(request, db, settings, message=err.message), status=404)
     children, _ = runs_service.list_runs(db, parent_id=run_id, limit=500)
+    # runs that hold weights (pretraining, imports) are evaluated; an evaluation's own results are not
+    holds_weights = run.kind not in ("export", "words", "baseline") and not evaluations_service.is_evaluation(run.kind)
     child_kinds = [
         k
         for k in kinds_service.kinds()
-        if k not in ("pretrain", "import", "export") and kinds_service.weights_field(k) is not None
+        if holds_weights and k not in ("pretrain", "import", "export") and kinds_service.weights_field(k) is not None
     ]
     ctx = _context(
         request,
@@ -199,6 +202,8 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
         child_kinds=child_kinds,
         can_export="export" in kinds_service.kinds(),
         can_words=run.kind == "pretrain" and "words" in kinds_service.kinds(),
+        is_evaluation=evaluations_service.is_evaluation(run.kind),
+        can_evaluate=bool(child_kinds),
         collapsed=words_service.collapsed_levels(run.last_metrics),
         # the stream starts where this render stands, so nothing falls between history and live events
         cursor=str(events_service.start_cursor(db)),

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
 
+from server.core.headlines import headline_of
 from server.core.text import clean_json
 
 # The integer columns a request's numbers end up compared with: run and artifact ids are 32-bit on
@@ -58,6 +59,9 @@ class ExportCreate(BaseModel):
 
     format: str = Field(..., min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_\-]+$")
     options: dict[str, Any] = Field(default_factory=dict)
+    artifact_id: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Which of the run's checkpoints to convert (default: the newest)"
+    )
 
 
 class AttemptOut(BaseModel):
@@ -71,6 +75,9 @@ class AttemptOut(BaseModel):
     ended_at: datetime | None
     outcome: OutOptText
     error: OutOptText
+    provenance: OutOptDict = Field(
+        None, description="versions, host, GPUs, git commit, the resolved spec and the seed this attempt ran with"
+    )
 
 
 class ArtifactOut(BaseModel):
@@ -86,6 +93,13 @@ class ArtifactOut(BaseModel):
     size: int
     created_at: datetime
     download_url: str
+
+
+class Headline(BaseModel):
+    key: str = Field(description="where the number is: a dotted path into the run's result or last_metrics")
+    label: str
+    value: float
+    unit: str
 
 
 class RunSummary(BaseModel):
@@ -105,6 +119,7 @@ class RunSummary(BaseModel):
     cancel_requested: bool
     progress_done: int
     progress_total: int
+    phase: OutOptDict = Field(None, description="the current phase: label, unit, done, total, rate, eta_s")
     metric_keys: OutKeys
     last_metrics: Annotated[dict[str, float], BeforeValidator(_finite_values)]
     result: OutOptDict
@@ -113,6 +128,13 @@ class RunSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def headline(self) -> Headline | None:
+        """The kind's main number (its table in `KindInfo.headline`): what a list of runs shows."""
+        found = headline_of(self.kind, self.result, self.last_metrics)
+        return Headline(**found) if found else None
 
 
 class RunOut(RunSummary):
@@ -165,6 +187,12 @@ class KindOut(BaseModel):
     upload_field: str | None = Field(description="the spec field the server fills with an upload (imports)")
     path_fields: dict[str, str] = Field(
         description="dotted spec field -> where it may point: data (a data root), cache, weights, upload"
+    )
+    numbers: list[dict[str, str]] = Field(
+        default_factory=list, description="the kind's main numbers: source (result/last_metrics), path, label, unit"
+    )
+    headline: list[dict[str, str]] = Field(
+        default_factory=list, description="headline candidates, the first present is what lists show"
     )
     json_schema: dict[str, Any]
 

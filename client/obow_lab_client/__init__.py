@@ -185,10 +185,27 @@ class LabClient:
     def artifacts(self, run_id: int) -> list[dict[str, Any]]:
         return self._json(self._http.get(f"/runs/{run_id}/artifacts"))
 
-    def export(self, run_id: int, format: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._json(
-            self._http.post(f"/runs/{run_id}/exports", json={"format": format, "options": options or {}})
-        )
+    def export(
+        self, run_id: int, format: str, options: dict[str, Any] | None = None, artifact_id: int | None = None
+    ) -> dict[str, Any]:
+        """Convert the run's newest checkpoint (or the one `artifact_id` names) to `format`."""
+        body: dict[str, Any] = {"format": format, "options": options or {}}
+        if artifact_id is not None:
+            body["artifact_id"] = artifact_id
+        return self._json(self._http.post(f"/runs/{run_id}/exports", json=body))
+
+    # -- evaluations ---------------------------------------------------------------------------------
+    def evaluation_defaults(self, run_id: int, kind: str) -> dict[str, Any]:
+        """Spec values for a `kind` evaluation of the run (its data and view, CPU-sized) and their cost."""
+        return self._json(self._http.get(f"/runs/{run_id}/evaluation-defaults", params={"kind": kind}))
+
+    def card(self, run_id: int) -> dict[str, Any] | None:
+        """An evaluation's result card: numbers, protocol, checkpoint, baselines."""
+        return self._json(self._http.get(f"/runs/{run_id}/card"))
+
+    def evaluations(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's evaluations as result cards, newest first."""
+        return self._json(self._http.get(f"/runs/{run_id}/evaluations"))
 
     def import_checkpoint(self, path: str | Path, name: str = "import") -> dict[str, Any]:
         with open(path, "rb") as handle:

@@ -88,6 +88,9 @@ class Run(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress_done: Mapped[int] = mapped_column(BigInteger, default=0)
     progress_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the phase the run is in (label, unit, done, total, rate, eta_s, ...: `obow.progress.PhaseClock`);
+    # progress_done/progress_total are that phase's
+    phase: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # bumped on every state/progress write: the SSE stream sends a `state` event when it changes
     version: Mapped[int] = mapped_column(Integer, default=0)
     metric_keys: Mapped[list[Any]] = mapped_column(JSON, default=list)

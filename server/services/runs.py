@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from obow.config import list_presets, preset_dict
+from obow.config.eval_defaults import inherit_view
 from obow.config.presets import deep_update
 from obow.errors import ConfigError
 from server.core import artifacts as artifact_store
@@ -105,10 +106,29 @@ def latest_weights(session: Session, run: Run) -> Artifact | None:
     return None
 
 
-def pinned_weights(session: Session, parent: Run, settings: Settings, tries: int = 5) -> Path:
-    """The parent's newest weights, pinned for the child (`artifacts.pin`): a still-running pretraining
-    deletes the file when it writes the next checkpoint, which must not fail the child later. If the file
-    goes between the lookup and the link, the (then newer) newest one is taken."""
+def weights_artifact(session: Session, run: Run, artifact_id: int) -> Artifact:
+    """One of `run`'s weights by id (a row's Convert button names the checkpoint it stands beside)."""
+    found = session.get(Artifact, artifact_id)
+    if found is None or found.run_id != run.id or found.kind not in WEIGHT_KINDS:
+        raise invalid(("body", "artifact_id"), f"run {run.id} has no checkpoint with artifact id {artifact_id}")
+    return found
+
+
+def pinned_weights(
+    session: Session, parent: Run, settings: Settings, tries: int = 5, artifact_id: int | None = None
+) -> Path:
+    """The parent's newest weights (or the ones `artifact_id` names), pinned for the child
+    (`artifacts.pin`): a still-running pretraining deletes the file when it writes the next checkpoint,
+    which must not fail the child later. If the newest file goes between the lookup and the link, the
+    (then newer) newest one is taken; a named one that is gone is an error naming it."""
+    if artifact_id is not None:
+        chosen = weights_artifact(session, parent, artifact_id)
+        try:
+            return artifact_store.pin(settings.artifact_root, chosen.path, chosen.sha256)
+        except (FileNotFoundError, ValueError):
+            raise invalid(
+                ("body", "artifact_id"), f"the file of artifact {artifact_id} is gone or changed; pick a newer one"
+            ) from None
     for _ in range(tries):
         weights = latest_weights(session, parent)
         if weights is None:
@@ -132,8 +152,15 @@ def runs_with_weights(session: Session, limit: int = 100) -> list[Run]:
     return list(session.scalars(select(Run).where(Run.id.in_(ids)).order_by(Run.id.desc())))
 
 
-def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dict[str, Any] | None = None) -> dict:
-    """Preset + overrides + parent's checkpoint, validated by the kind's spec class."""
+def build_spec(
+    session: Session,
+    body: RunCreate,
+    settings: Settings,
+    extra: dict[str, Any] | None = None,
+    artifact_id: int | None = None,
+) -> dict:
+    """Preset + overrides + parent's checkpoint (its newest, or `artifact_id`), validated by the kind's
+    spec class."""
     if body.kind not in kinds_service.kinds():
         raise invalid(
             ("body", "kind"), f"unknown run kind '{body.kind}'; known: {', '.join(kinds_service.kinds())}"
@@ -174,7 +201,8 @@ def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dic
             raise invalid(("body", "parent_id"), f"run {body.parent_id} does not exist")
         if weights_field is None:
             raise invalid(("body", "parent_id"), f"a '{body.kind}' run does not start from a parent")
-        data[weights_field] = str(pinned_weights(session, parent, settings))
+        data = inherit_view(body.kind, parent.kind, parent.spec, data)  # the parent's data and view
+        data[weights_field] = str(pinned_weights(session, parent, settings, artifact_id=artifact_id))
     elif weights_field is not None and cls.model_fields[weights_field].is_required():
         raise invalid(("body", "parent_id"), f"a '{body.kind}' run needs parent_id (a run with a checkpoint)")
 
@@ -214,11 +242,13 @@ def create_run(
     settings: Settings,
     enqueue: Enqueue,
     extra: dict[str, Any] | None = None,
+    artifact_id: int | None = None,
+    name: str | None = None,
 ) -> Run:
-    spec = build_spec(session, body, settings, extra)
+    spec = build_spec(session, body, settings, extra, artifact_id)
     run = Run(
         kind=body.kind,
-        name=str(spec.get("name") or body.kind),
+        name=name or str(spec.get("name") or body.kind),
         preset=body.preset,
         spec=spec,
         parent_id=body.parent_id,

@@ -6,11 +6,11 @@ const Charts = {
   // next to a learning rate); per-epoch summaries ("epoch/...") get their own panels. A key of no known
   // kind gets a panel of its own instead of a mixed "other" one.
   groupOf(key) {
+    if (key.startsWith("sys/")) return Charts.systemGroup(key.slice(4));
     const summary = key.startsWith("epoch/");
     const name = summary ? key.slice(6) : key;
     let group = name;
-    if (name.startsWith("sys/")) group = Charts.systemGroup(name.slice(4));
-    else if (/^words_used/.test(name)) group = "words used";
+    if (/^words_used/.test(name)) group = "words used";
     else if (/^usage_entropy_norm/.test(name)) group = "usage entropy (normalised)";
     else if (/^usage_entropy/.test(name)) group = "usage entropy";
     else if (/^queue_age/.test(name)) group = "queue age";
@@ -26,18 +26,19 @@ const Charts = {
     return summary ? `${group} (epoch means)` : group;
   },
 
-  // System metrics (sys/*) by unit: percentages together, memory together, the rest one panel each.
+  // System metrics (`sys/...`: sampled by the worker, keyed by whole seconds since the run's first attempt
+  // began): their own charts, by unit; one of no known unit gets a chart of its own.
   systemGroup(name) {
-    if (/util|percent|pct|_%/i.test(name)) return "system: utilisation (%)";
-    if (/mem|bytes|rss|_mb$|_gb$|_mib$|_gib$/i.test(name)) return "system: memory";
-    if (/temp/i.test(name)) return "system: temperature";
-    if (/power|watt/i.test(name)) return "system: power";
-    return `system: ${name}`;
+    if (/_mb$/.test(name)) return "system: memory (MiB) by seconds";
+    if (/util|percent/.test(name)) return "system: utilisation (%) by seconds";
+    if (/temp/i.test(name)) return "system: temperature by seconds";
+    if (/power|watt/i.test(name)) return "system: power by seconds";
+    return `system: ${name} by seconds`;
   },
 
   // The y-axis label of a panel: what it measures.
   axisLabel(group) {
-    const base = group.replace(/ \(epoch means\)$/, "").replace(/^system: /, "");
+    const base = group.replace(/ \(epoch means\)$/, "").replace(/^system: (.*) by seconds$/, "$1");
     return ({ throughput: "images / s", "queue age": "steps", "words used": "fraction of words",
       "vocabulary collapse": "collapsed (1) or not (0)" })[base] || base;
   },
@@ -88,7 +89,7 @@ const Charts = {
       box.innerHTML = `<h3>${Lab.esc(title)}</h3>`;
       container.appendChild(box);
     }
-    const xLabel = opts.xLabel || "step";
+    const xLabel = opts.xLabel || (title.startsWith("system:") ? "seconds since start" : "step");
     const integerX = opts.integerX !== undefined ? opts.integerX : true;
     const width = Math.max(320, box.clientWidth || container.clientWidth || 480);
     const xAxis = { label: xLabel, values: (_, splits) => splits.map(Charts.tickText) };

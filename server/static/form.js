@@ -15,6 +15,56 @@
   const parentSelect = document.getElementById("parent");
   const parentLabel = document.getElementById("parent-label");
   let constants = {};
+  const evalBox = document.getElementById("eval-defaults");
+  const costText = document.getElementById("cost");
+  const notesText = document.getElementById("defaults-notes");
+  // /runs/new?from_run=<id> (a sweep's "Promote best"): that run's full spec, on top of the defaults
+  const fromSpec = JSON.parse((document.getElementById("from-spec") || {}).textContent || "null");
+  let keepValues = Boolean(fromSpec); // the first render keeps the promoted spec instead of the parent's defaults
+  let costTimer = null;
+  let costSeq = 0;
+
+  function showCost(cost) {
+    evalBox.hidden = false;
+    costText.textContent = `Expected cost: ${cost.text}`;
+    costText.title = cost.parts.join(" + ");
+    costText.dataset.images = cost.images === null ? "" : String(cost.images);
+  }
+
+  // An evaluation of a run: its data, view and normalisation plus CPU-sized settings (server-side, from the
+  // parent's spec), and the expected cost of what the form holds, before launch.
+  async function loadEvaluationDefaults(apply) {
+    const kind = kindSelect.value, parent = parentSelect.value;
+    const seq = ++costSeq;
+    if (!weightsField(kind) || !parent) { evalBox.hidden = true; return; }
+    const result = await Lab.api("GET", `/runs/${encodeURIComponent(parent)}/evaluation-defaults?kind=${encodeURIComponent(kind)}`);
+    if (seq !== costSeq) return; // the kind or the parent changed meanwhile
+    if (!result.ok) { evalBox.hidden = true; return; } // not an evaluation kind (export, words)
+    if (apply) applyValues(result.data.spec, "");
+    notesText.textContent = result.data.notes.join(" · ");
+    showCost(result.data.cost);
+    if (!apply) refreshCost();
+  }
+
+  function quietSpec() {
+    const spec = {};
+    for (const [path, value] of Object.entries(constants)) setNested(spec, path, value);
+    form.querySelectorAll("[data-mode]").forEach((input) => {
+      try { const value = readInput(input); if (value !== undefined) setNested(spec, input.dataset.path, value); }
+      catch (_) { /* shown by the inline check */ }
+    });
+    return spec;
+  }
+
+  async function refreshCost() {
+    if (evalBox.hidden || !parentSelect.value) return;
+    const seq = ++costSeq;
+    const result = await Lab.api("POST", `/runs/${encodeURIComponent(parentSelect.value)}/evaluation-cost`,
+      { kind: kindSelect.value, spec: quietSpec() });
+    if (seq !== costSeq) return;
+    if (result.ok) showCost(result.data);
+    else costText.textContent = `Expected cost: unknown until the fields are valid (${Lab.errorText(result)})`;
+  }
 
   function resolve(node, root) {
     while (node && node.$ref) node = root.$defs[node.$ref.split("/").pop()];
@@ -263,6 +313,8 @@
     if (kind !== "pretrain") presetSelect.value = "";
     resetDefaults();
     if (presetSelect.value) applyPreset();
+    loadEvaluationDefaults(!keepValues);
+    keepValues = false;
   }
 
   // validate as you type (not on blur: a layout change under the pointer would swallow the click on Launch)
@@ -273,7 +325,11 @@
     if (slot) slot.textContent = "";
     input.closest(".field").classList.remove("invalid");
     try { readInput(input); } catch (err) { showError(input.dataset.path, err.message); }
+    clearTimeout(costTimer);
+    costTimer = setTimeout(refreshCost, 300);
   });
+  form.addEventListener("change", () => { clearTimeout(costTimer); costTimer = setTimeout(refreshCost, 300); });
+  parentSelect.addEventListener("change", () => loadEvaluationDefaults(true));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -306,7 +362,5 @@
   kindSelect.addEventListener("change", render);
   presetSelect.addEventListener("change", () => { clearErrors(); applyPreset(); });
   render();
-  // /runs/new?from_run=<id> (a sweep's "Promote best"): that run's full spec, on top of the defaults
-  const fromSpec = JSON.parse((document.getElementById("from-spec") || {}).textContent || "null");
   if (fromSpec) applyValues(fromSpec, "");
 })();

@@ -69,7 +69,14 @@ const Lab = {
   },
   terminal(state) { return ["succeeded", "failed", "cancelled"].includes(state); },
 
-  // The number a runs list shows: an accuracy if there is one, else the loss, else anything.
+  // The number a runs list shows: the kind's headline (the server's table: a linear probe's test top-1,
+  // a kNN's top-1), else for kinds without one an accuracy among the latest metrics, else the loss.
+  headline(run) {
+    const h = run.headline;
+    if (h) return `${h.label} ${h.unit === "%" ? h.value.toFixed(2) + "%" : Lab.num(h.value)}`;
+    return Lab.keyMetric(run.last_metrics);
+  },
+
   keyMetric(last) {
     const keys = Object.keys(last || {});
     const pick = keys.find((k) => /knn/i.test(k)) || keys.find((k) => /acc|top1/i.test(k))

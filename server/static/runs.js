@@ -20,7 +20,7 @@
       <td>${Lab.esc(run.kind)}</td>
       <td><span class="badge state-${run.state}">${run.state}</span>${Lab.collapsedLevels(run.last_metrics).length ? ` <span class="badge collapse" title="vocabulary collapse: ${Lab.collapsedLevels(run.last_metrics).join(", ")}">collapse</span>` : ""}</td>
       <td><div class="progress" title="${run.progress_done}/${run.progress_total}"><div style="width:${pct}%"></div></div></td>
-      <td>${Lab.esc(Lab.keyMetric(run.last_metrics))}</td>
+      <td class="headline">${Lab.esc(Lab.headline(run))}</td>
       <td class="muted">${Lab.when(run.created_at)}</td></tr>`;
   }
 

@@ -147,6 +147,9 @@ def lab(backend, migrated, tmp_path, tmp_path_factory, request) -> Iterator[Lab]
         secret_key_value="test-secret",
         max_upload_mb=0.01,
         allowed_hosts_value=TEST_HOSTS,
+        # in-process runs here check exact metric bookkeeping; the worker's sys/ points are tested live
+        # (tests/lab/test_observe_live.py) and with a fake NVML (tests/lab/test_sysmetrics_provenance.py)
+        system_metrics_s=0,
     )
     recorder = Recorder()
     app = create_app(settings, enqueue=recorder, sweep_every_s=0)

@@ -99,7 +99,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         "() => [...document.querySelectorAll('.chart')]"
         ".some(c => c.dataset.title === 'loss' && c.plot.data[0].length >= 16)"
     )
-    expect(page.locator("#progress-text")).to_have_text("16 / 16")
+    expect(page.locator("#progress-text")).to_have_text("Phase: training 16/16 iterations")
     # vocabulary health next to the losses: every 4 steps (health_window), temperature every step
     for title in ("words used", "usage entropy (normalised)", "queue age", "temperature μ"):
         expect(page.locator(f'.chart[data-title="{title}"]')).to_have_count(1)

@@ -141,17 +141,18 @@ def test_compare_runs_chart_controls_share_link_and_downloads(tmp_path):
 
             # -- the run page: panels by kind of quantity, axis labels, whole-number step ticks ------
             page.goto(f"{base}/runs/{a}")
-            page.wait_for_function("() => document.querySelectorAll('#charts .chart').length >= 6")
+            page.wait_for_function("() => document.querySelectorAll('#charts .chart, #sys-charts .chart').length >= 6")
             titles = page.eval_on_selector_all("#charts .chart", "boxes => boxes.map(b => b.dataset.title)")
-            assert set(titles) == {"loss", "epoch", "learning rate", "throughput", "system: utilisation (%)",
-                                   "odd_thing"}
+            assert set(titles) == {"loss", "epoch", "learning rate", "throughput", "odd_thing"}
             labels = page.evaluate(
-                "() => [...document.querySelectorAll('#charts .chart')]"
+                "() => [...document.querySelectorAll('#charts .chart, #sys-charts .chart')]"
                 ".map(b => [b.dataset.title, b.plot.axes[0].label, b.plot.axes[1].label, b.plot.axes[0]._splits])"
             )
             for title, x_label, y_label, splits in labels:
-                assert x_label == "step" and y_label, title
+                assert x_label == ("seconds since start" if title.startswith("system:") else "step"), title
+                assert y_label, title
                 assert splits and all(float(v).is_integer() for v in splits), (title, splits)
+            assert dict((t, y) for t, _, y, _ in labels)["system: utilisation (%) by seconds"] == "utilisation (%)"
             assert dict((t, y) for t, _, y, _ in labels)["throughput"] == "images / s"
             with page.expect_download() as info:
                 page.click("#metrics-csv")

@@ -54,6 +54,7 @@ PLAUSIBLE: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/v1/runs"): {"json": {"kind": "faketrain", "spec": {"steps": 2}}},
     ("post", "/api/v1/runs/{run_id}/exports"): {"json": {"format": "torchvision"}},
     ("post", "/api/v1/runs/{run_id}/words"): {"json": {}},
+    ("post", "/api/v1/runs/{run_id}/evaluation-cost"): {"json": {"kind": "knn", "spec": {}}},
     ("post", "/api/v1/sweeps"): {"json": {
         "kind": "faketrain", "space": {"lr": {"type": "choice", "values": [0.1, 0.2]}}, "method": "grid", "budget": 2,
         "objective": {"metric": "final_loss"}, "direction": "minimize",

@@ -33,6 +33,7 @@ from server.schemas import (
     WordsCreate,
 )
 from server.services import artifacts as artifacts_service
+from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import exports as exports_service
 from server.services import logs as logs_service
@@ -50,8 +51,10 @@ router = APIRouter(
 
 @router.post("", status_code=201, response_model=RunOut, responses={**WRITE, **BODY})
 def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
-    """Validate the spec (422 names each bad field), store the run, then queue it."""
+    """Validate the spec (422 names each bad field), store the run, then queue it. A linear or kNN
+    evaluation on built-in data also queues its baselines (raw pixels, random init) unless cached."""
     run = runs_service.create_run(db, body, settings, enqueue)
+    evaluations_service.ensure_baselines(db, run, settings, enqueue)
     return RunOut.model_validate(run)
 
 
