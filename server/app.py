@@ -13,8 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from server import api_docs
 from server.api.guards import BodyLimit, TrustedHost
-from server.api.routes import artifacts, evaluations, imports, meta, runs, sweeps
+from server.api.routes import artifacts, compare, evaluations, imports, meta, runs, sweeps
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
 from server.core.queue import CeleryEnqueuer
@@ -116,7 +117,7 @@ def create_app(
         title="OBoW Lab",
         version="1",
         description="Runs, metrics, artifacts of OBoW pretraining, evaluation and export.",
-        docs_url="/api/docs",
+        docs_url=None,  # served offline by `server.api_docs` (Swagger UI /api/docs, ReDoc /api/redoc)
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
@@ -137,11 +138,13 @@ def create_app(
             return JSONResponse({"detail": err.errors}, status_code=422)
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
-    for router in (
-        runs.router, evaluations.router, sweeps.router, artifacts.router, imports.router, meta.router,
-        meta.health_router,
-    ):
+    api_routers = (
+        runs.router, compare.router, evaluations.router, sweeps.router, artifacts.router, imports.router,
+        meta.router, meta.health_router,
+    )
+    for router in api_routers:
         app.include_router(router, prefix="/api/v1")
+    api_docs.install(app, "/api/v1/openapi.json", "OBoW Lab")
     app.include_router(sweep_pages_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -26,8 +26,10 @@ from server.api.deps import (
 from server.core import kinds as kinds_service
 from server.core import notes
 from server.core.errors import NotFound
+from server.core.models import Run
 from server.core.resources import lab_dir
 from server.core.text import clean_text, is_clean
+from server.services import compare as compare_service
 from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import organise as organise_service
@@ -221,11 +223,26 @@ def usage_page(request: Request, db: DbDep, settings: SettingsDep) -> HTMLRespon
 
 @router.get("/compare", response_class=HTMLResponse, dependencies=ReaderPage)
 def compare_page(
-    request: Request, db: DbDep, settings: SettingsDep, ids: Annotated[str, Query()] = ""
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    runs: Annotated[str, Query(max_length=400)] = "",
+    ids: Annotated[str, Query(max_length=400)] = "",  # the old name of `runs`, in links shared before
 ) -> HTMLResponse:
-    chosen = [int(i) for i in ids.split(",") if i.strip().isdigit()][:12]
+    """The page is the share link: `runs`, `key`, `x`, `smooth` and `log` in its URL (read by
+    compare.js). Ids it cannot use are left out here; the API names them when it is asked."""
+    chosen: list[int] = []
+    for part in (runs or ids).split(","):
+        part = part.strip()
+        if part.isascii() and part.isdigit() and 1 <= int(part) <= 2**31 - 1 and int(part) not in chosen:
+            chosen.append(int(part))
+    chosen = chosen[: compare_service.MAX_RUNS]
     recent, _ = runs_service.list_runs(db, limit=100)
-    ctx = _context(request, db, settings, chosen=chosen, recent=recent)
+    listed = {r.id for r in recent}
+    older = [r for r in (db.get(Run, i) for i in chosen if i not in listed) if r is not None]
+    ctx = _context(
+        request, db, settings, chosen=chosen, recent=older + list(recent), max_runs=compare_service.MAX_RUNS
+    )
     return _render("compare.html", ctx)
 
 

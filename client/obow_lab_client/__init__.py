@@ -146,6 +146,41 @@ class LabClient:
             params["keys"] = ",".join(keys)
         return self._json(self._http.get(f"/runs/{run_id}/metrics", params=params))
 
+    def download_metrics(self, run_id: int, dest: str | Path, fmt: str = "csv") -> Path:
+        """Every stored point of the run at full resolution (`key,step,value,time`), as CSV or JSON
+        (`fmt="json"`), streamed to `dest` through a temp file."""
+        if fmt not in ("csv", "json"):
+            raise ValueError("fmt must be 'csv' or 'json'")
+        return self._save(f"/runs/{run_id}/metrics.{fmt}", {}, dest)
+
+    def compare(self, run_ids: list[int]) -> dict[str, Any]:
+        """Runs side by side: the spec keys that differ, final metrics, results, evaluation results."""
+        return self._json(self._http.get("/compare", params={"runs": ",".join(map(str, run_ids))}))
+
+    def compare_series(self, run_ids: list[int], key: str, x: str = "step", max_points: int = 2000) -> dict[str, Any]:
+        """One metric of each run on an x axis: step, epoch, time (seconds since start) or images (seen)."""
+        params = {"runs": ",".join(map(str, run_ids)), "key": key, "x": x, "max_points": max_points}
+        return self._json(self._http.get("/compare/series", params=params))
+
+    def download_comparison(self, run_ids: list[int], dest: str | Path, fmt: str = "csv") -> Path:
+        """The comparison table as CSV (`section,key,<a column per run>`) or JSON."""
+        if fmt not in ("csv", "json"):
+            raise ValueError("fmt must be 'csv' or 'json'")
+        return self._save(f"/compare.{fmt}", {"runs": ",".join(map(str, run_ids))}, dest)
+
+    def _save(self, path: str, params: dict[str, Any], dest: str | Path) -> Path:
+        dest = Path(dest)
+        partial = dest.with_name(dest.name + ".part")
+        with self._http.stream("GET", path, params=params) as response:
+            if response.is_error:
+                response.read()
+                self._json(response)
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+        partial.replace(dest)
+        return dest
+
     def logs(self, run_id: int, limit: int = 200) -> list[dict[str, Any]]:
         return self._json(self._http.get(f"/runs/{run_id}/logs", params={"limit": limit}))
 

@@ -142,6 +142,51 @@
     }
   }
 
+  // The few fields people change, by their last path segment (any kind), in this order and with these
+  // names; everything else goes into the folded "Advanced" section, in its original nesting.
+  const BASIC = {
+    name: "Name", dataset: "Dataset", dataset_name: "Dataset", data_dir: "Data directory", num_epochs: "Epochs",
+    epochs: "Epochs", batch_size: "Batch size", lr: "Learning rate", num_processes: "GPUs (processes)",
+  };
+  const BASIC_ORDER = Object.keys(BASIC);
+  const lastPart = (input) => input.dataset.path.split(".").pop();
+
+  function groupFields() {
+    const inputs = [...fields.querySelectorAll("[data-mode]")];
+    const basic = inputs.filter((i) => lastPart(i) in BASIC)
+      .sort((a, b) => BASIC_ORDER.indexOf(lastPart(a)) - BASIC_ORDER.indexOf(lastPart(b)));
+    if (!basic.length || basic.length === inputs.length) return; // nothing to fold away
+    const basicBox = document.createElement("div");
+    basicBox.id = "basic-fields";
+    for (const input of basic) {
+      const wrap = input.closest(".field");
+      const label = wrap.querySelector("label");
+      label.textContent = BASIC[lastPart(input)];
+      if (input.dataset.path.includes(".")) label.insertAdjacentHTML("beforeend", `<span class="path">${Lab.esc(input.dataset.path)}</span>`);
+      basicBox.appendChild(wrap);
+    }
+    const advanced = document.createElement("details");
+    advanced.className = "advanced";
+    advanced.id = "advanced";
+    advanced.innerHTML = "<summary>Advanced</summary>";
+    while (fields.firstChild) advanced.appendChild(fields.firstChild);
+    // a section whose fields all moved up stays (its defaults apply) but shows nothing
+    advanced.querySelectorAll("fieldset").forEach((set) => { set.hidden = !set.querySelector("[data-mode]"); });
+    fields.append(basicBox, advanced);
+  }
+
+  // After a refused launch: the first field with an error (in page order) is scrolled to and focused,
+  // the Advanced section opened if it is in there; errors no field holds, the summary.
+  function revealFirstError() {
+    const slot = [...form.querySelectorAll(".field-error")].find((e) => e.textContent);
+    const target = slot ? slot.closest(".field") || slot.closest("fieldset") || slot : formError;
+    const folded = target.closest("details");
+    if (folded) folded.open = true;
+    target.scrollIntoView({ block: "center" });
+    const input = slot && target.querySelector("[data-mode]");
+    if (input) input.focus({ preventScroll: true });
+  }
+
   function setInput(input, value) {
     const mode = input.dataset.mode;
     if (mode === "bool") input.checked = Boolean(value);
@@ -262,6 +307,7 @@
     fields.innerHTML = "";
     clearErrors();
     buildFields(fields, schema, schema, "");
+    groupFields();
     presetLabel.hidden = kind !== "pretrain";
     parentLabel.hidden = !weightsField(kind);
     if (kind !== "pretrain") presetSelect.value = "";
@@ -289,11 +335,11 @@
     event.preventDefault();
     clearErrors();
     const spec = collect();
-    if (spec === null) { summary("Fix the fields marked in red."); return; }
+    if (spec === null) { summary("Fix the fields marked in red."); revealFirstError(); return; }
     const body = { kind: kindSelect.value, spec };
     if (presetSelect.value) body.preset = presetSelect.value;
     if (!parentLabel.hidden) {
-      if (!parentSelect.value) { summary("Choose the run to start from."); return; }
+      if (!parentSelect.value) { summary("Choose the run to start from."); parentSelect.focus(); return; }
       body.parent_id = Number(parentSelect.value);
     }
     const button = document.getElementById("launch");
@@ -310,6 +356,7 @@
     } else {
       summary(Lab.errorText(result));
     }
+    revealFirstError();
   });
 
   kindSelect.addEventListener("change", render);

@@ -65,8 +65,17 @@ def _operations(lab) -> list[tuple[str, str, dict]]:
     return [(method, path, op) for path, ops in doc["paths"].items() for method, op in ops.items()]
 
 
+# GET routes with a required query: what a reader sends them
+QUERIES = {
+    "/api/v1/compare": "?runs={run_id}",
+    "/api/v1/compare.csv": "?runs={run_id}",
+    "/api/v1/compare.json": "?runs={run_id}",
+    "/api/v1/compare/series": "?runs={run_id}&key=loss",
+}
+
+
 def _get_routes(lab, world) -> list[str]:
-    paths = [_fill(p, world) for m, p, _ in _operations(lab) if m == "get" and p not in OPEN_PATHS]
+    paths = [_fill(p + QUERIES.get(p, ""), world) for m, p, _ in _operations(lab) if m == "get" and p not in OPEN_PATHS]
     assert len(paths) >= 12, paths  # runs, run, metrics, logs, events, artifacts, words, downloads, meta
     return paths
 

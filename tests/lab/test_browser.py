@@ -65,6 +65,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     page.select_option("#kind", "pretrain")
     page.select_option("#preset", "FashionMNIST/tiny")
     expect(page.locator('[data-path="data.batch_size"]')).to_have_value("32")  # the preset's values
+    page.click("#advanced > summary")  # the fields below the basic ones are folded away
     epochs = page.locator('[data-path="optim.num_epochs"]')
     epochs.fill("0")
     expect(page.locator('[data-error-for="optim.num_epochs"]')).to_contain_text("≥ 1")  # checked as you type

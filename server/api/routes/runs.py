@@ -39,6 +39,7 @@ from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import exports as exports_service
 from server.services import logs as logs_service
+from server.services import metrics_export
 from server.services import organise as organise_service
 from server.services import runs as runs_service
 from server.services import search as search_service
@@ -151,6 +152,36 @@ def get_metrics(
         steps, values, down, total = metrics_service.series(db, run_id, key, max_points, step_min, step_max)
         out.append(Series(key=key, steps=steps, values=values, downsampled=down, total_points=total))
     return MetricsOut(run_id=run_id, series=out)
+
+
+def _metrics_download(request: Request, run_id: int, chunks, media_type: str, suffix: str) -> StreamingResponse:
+    return StreamingResponse(
+        chunks(request.app.state.sessionmaker, run_id),
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.{suffix}"'},
+    )
+
+
+@router.get(
+    "/{run_id}/metrics.csv", response_class=StreamingResponse, responses={**BY_ID, 200: {"content": {"text/csv": {}}}}
+)
+def get_metrics_csv(run_id: IdPath, request: Request, db: DbDep) -> StreamingResponse:
+    """Every stored point at full resolution, `key,step,value,time` (Unix seconds), ordered by key and
+    step; streamed page by page, so a run of millions of points downloads in flat memory."""
+    runs_service.get_run(db, run_id)
+    return _metrics_download(request, run_id, metrics_export.csv_chunks, "text/csv; charset=utf-8", "csv")
+
+
+@router.get(
+    "/{run_id}/metrics.json",
+    response_class=StreamingResponse,
+    responses={**BY_ID, 200: {"content": {"application/json": {}}}},
+)
+def get_metrics_json(run_id: IdPath, request: Request, db: DbDep) -> StreamingResponse:
+    """Every stored point at full resolution: `{"run_id", "columns": ["key", "step", "value", "time"],
+    "points": [[key, step, value, time], ...]}`, streamed like the CSV."""
+    runs_service.get_run(db, run_id)
+    return _metrics_download(request, run_id, metrics_export.json_chunks, "application/json", "json")
 
 
 @router.get("/{run_id}/logs", response_model=list[LogOut], responses=BY_ID)
