@@ -338,6 +338,12 @@
     if (spec === null) { summary("Fix the fields marked in red."); revealFirstError(); return; }
     const body = { kind: kindSelect.value, spec };
     if (presetSelect.value) body.preset = presetSelect.value;
+    const project = document.getElementById("run-project").value.trim();
+    const tags = document.getElementById("run-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+    const note = document.getElementById("run-note").value;
+    if (project) body.project = project;
+    if (tags.length) body.tags = tags;
+    if (note.trim()) body.note = note;
     if (!parentLabel.hidden) {
       if (!parentSelect.value) { summary("Choose the run to start from."); parentSelect.focus(); return; }
       body.parent_id = Number(parentSelect.value);

@@ -84,9 +84,14 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     page.click("#launch")
     expect(page.locator('[data-error-for="name"]')).to_contain_text("pattern")  # the server's 422, in place
     page.fill('[data-path="name"]', "browser-run")
+    page.fill("#run-project", "browser-tests")
+    page.fill("#run-tags", "ui, tiny ,")
     page.click("#launch")
     page.wait_for_url(re.compile(r"/runs/\d+$"))
     run_id = int(page.url.rsplit("/", 1)[1])
+    with LabClient(live.url, live.token) as client:
+        launched = client.run(run_id)
+    assert (launched["project"], launched["tags"], launched["note"]) == ("browser-tests", ["ui", "tiny"], "")
 
     page.wait_for_function("() => { const c = document.querySelector('.chart'); return c && c.plot; }")
     first = _points(page)

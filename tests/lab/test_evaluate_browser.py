@@ -1,7 +1,9 @@
 """Evaluate in a real browser on the tiny preset (issue #13): export formats the checkpoint cannot take
 are greyed out with the reason and a row's Convert converts that row's checkpoint; an evaluation launched
 from the run page comes with the parent's defaults and a cost estimate; its page opens with a result card
-whose numbers (and baselines) are the database's; the parent's table and the runs list show them too."""
+whose numbers (and baselines) are the database's; the parent's table and the runs list show them too.
+End to end as a user would: the run is named and tagged first (organise) and compared with its evaluation
+last (compare)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,17 @@ def test_evaluate_from_a_run_with_its_defaults_and_read_the_answer(live, page): 
     page.fill('input[name="token"]', live.token)
     page.click('button[type="submit"]')
     page.wait_for_url(f"{live.url}/runs/{parent['id']}")
+
+    # organise: name and tag the run from its page; a shared search link finds it by its tag
+    page.click("#edit-run")
+    page.fill("#organise-form input[name=name]", "tiny-e2e")
+    page.fill("#organise-form input[name=tags]", "e2e, fmnist")
+    page.click("#organise-form button[type=submit]")
+    expect(page.locator("#run-name")).to_have_text("tiny-e2e")
+    page.goto(f"{live.url}/?q=tag%3Ae2e")
+    expect(page.locator("#runs-body tr")).to_have_count(1)
+    expect(page.locator(f'#runs-body tr[data-run-id="{parent["id"]}"]')).to_contain_text("tiny-e2e")
+    page.goto(f"{live.url}/runs/{parent['id']}")
 
     # item 10: the small-stem, 1/8-width backbone cannot go to torchvision/Caffe2/Detectron2, and says why
     expect(page.locator('#export-format option[value="torchvision"]')).to_be_disabled()
@@ -104,3 +117,10 @@ def test_evaluate_from_a_run_with_its_defaults_and_read_the_answer(live, page): 
     expect(page.locator(f'tr[data-run-id="{knn_id}"] td.headline')).to_have_text(
         f"kNN top-1 (k=20) {result['top1']['20']:.2f}%"
     )
+
+    # compare: the run beside its evaluation; the parent's column carries the evaluation's number, linked
+    page.goto(f"{live.url}/compare?runs={parent['id']},{knn_id}")
+    expect(page.locator("#compare-head")).to_contain_text(f"#{parent['id']} tiny-e2e")
+    cell = page.locator('#evaluations tr[data-key="knn.top1.20"] td').first
+    expect(cell.locator(f'a[href="/runs/{knn_id}"]')).to_have_count(1)
+    assert float(cell.locator("span").get_attribute("title")) == result["top1"]["20"]
