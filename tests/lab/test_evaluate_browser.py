@@ -78,6 +78,7 @@ def test_evaluate_from_a_run_with_its_defaults_and_read_the_answer(live, page): 
     expect(page.locator('[data-path="size"]')).to_have_value("40")
     expect(page.locator('[data-path="test_split"]')).to_have_value("test")  # the parent's held-out split
     expect(page.locator("#defaults-notes")).to_contain_text("from the parent's pretrain spec")
+    page.click("#advanced > summary")  # the sizes are among the folded fields
     page.fill('[data-path="subset"]', "30")  # smaller for the test: the estimate follows the form
     page.fill('[data-path="test_subset"]', "10")
     expect(page.locator("#cost")).to_contain_text("400 images")
