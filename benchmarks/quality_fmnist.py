@@ -101,7 +101,11 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=None, help="images for the probe (default: all 60k)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=None, help="keep the runs under this folder (default: a temp folder)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, one per core; on a loaded machine 1 is steadier)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     presets = args.preset or ["FashionMNIST/ResNet18s_OBoW_full_cpu"]
 
     train = open_dataset("FashionMNIST", None, "train")
