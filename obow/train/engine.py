@@ -281,15 +281,19 @@ class Trainer:
 
     def _budget_probe(self, started: float, deadline: float, probe: dict[str, float]) -> None:
         """Time `budget_probe_steps` steps after 3 unmeasured ones (loader start-up, first allocations), then
-        fix the length to the steps the rest of the budget allows, less `budget_reserve`."""
+        fix the length to the steps the rest of the budget allows, less `budget_reserve`.
+
+        After that the pace is re-measured every 5 probe windows: if the machine has slowed down so that
+        the fixed length would run past the budget, the length is shortened to what still fits (never
+        lengthened), so the schedules still end within the budget on a shared machine.
+        """
         r, done = self.spec.runtime, self.state.global_iteration
-        if self.schedule_iterations is not None:
-            return
         if "from_step" not in probe:
             if done - probe["first_step"] >= 3:
                 probe["from_step"], probe["from_time"] = done, time.monotonic()
             return
-        if done - probe["from_step"] < r.budget_probe_steps:
+        window = r.budget_probe_steps if self.schedule_iterations is None else 5 * r.budget_probe_steps
+        if done - probe["from_step"] < window:
             return
         now = time.monotonic()
         per_step = (now - probe["from_time"]) / (done - probe["from_step"])
@@ -297,15 +301,24 @@ class Trainer:
             pace = torch.tensor([per_step], device=self.device)
             torch.distributed.all_reduce(pace, op=torch.distributed.ReduceOp.MAX)
             per_step = float(pace.item())
+        probe["from_step"], probe["from_time"] = done, now
         remaining = (deadline - now) * (1.0 - r.budget_reserve)
         nominal = self.iters_per_epoch * self.spec.optim.num_epochs
-        total = steps_within_budget(done, per_step, remaining, nominal)
-        self._fix_schedule(total)
-        self.reporter.log(
-            f"time budget: {per_step:.3f} s/step over {done - probe['from_step']} steps, {now - started:.0f} s "
-            f"used; the schedule is fitted to {total} steps ({total / self.iters_per_epoch:.2f} epochs, nominal "
-            f"{nominal})"
-        )
+        if self.schedule_iterations is None:
+            total = steps_within_budget(done, per_step, remaining, nominal)
+            self._fix_schedule(total)
+            self.reporter.log(
+                f"time budget: {per_step:.3f} s/step over {window} steps, {now - started:.0f} s used; the "
+                f"schedule is fitted to {total} steps ({total / self.iters_per_epoch:.2f} epochs, nominal {nominal})"
+            )
+            return
+        total = steps_within_budget(done, per_step, remaining, self.schedule_iterations)
+        if total < self.schedule_iterations:
+            self.reporter.log(
+                f"time budget: the pace fell to {per_step:.3f} s/step; the schedule is shortened from "
+                f"{self.schedule_iterations} to {total} steps to end within the budget"
+            )
+            self._fix_schedule(total)
 
     def fit(self) -> dict[str, Any]:
         spec, st, rep = self.spec, self.state, self.reporter

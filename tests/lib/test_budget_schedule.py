@@ -146,3 +146,35 @@ def test_a_resumed_budgeted_run_keeps_its_length(tmp_path: Path, one_thread):
     assert min(lrs) == 10 and lrs[total] == pytest.approx(0.001)
     for step, lr in lrs.items():
         assert lr == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total))
+
+
+def test_the_length_is_fixed_after_the_probe_and_only_ever_shortened(tmp_path: Path, monkeypatch):
+    """The probe and re-checks on a fake clock: 3 unmeasured steps, a 4-step probe, then a re-check every
+    20 steps that shortens the schedule when the pace falls and never lengthens it when it rises."""
+    from obow.train import engine
+
+    spec = load_pretrain_config("FashionMNIST/tiny", [*BUDGET, "runtime.time_budget_s=100", "runtime.budget_reserve=0"])
+    rep = RecordingReporter()
+    trainer = engine.Trainer(spec, tmp_path, rep)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
+    probe = {"first_step": 0}
+
+    def steps(n: int, seconds_each: float) -> None:
+        for _ in range(n):
+            clock["now"] += seconds_each
+            trainer.state.global_iteration += 1
+            trainer._budget_probe(0.0, 100.0, probe)
+
+    # (step lengths are powers of two: the arithmetic below is exact in floating point)
+    steps(6, 0.125)
+    assert trainer.schedule_iterations is None  # probe window: steps 4-7
+    steps(1, 0.125)  # step 7 at t=0.875: 0.125 s/step, 99.125 s left -> 793 more steps
+    assert trainer.schedule_iterations == 800 and trainer.model.total_iterations == 800
+    steps(20, 0.125)  # same pace: unchanged
+    assert trainer.schedule_iterations == 800
+    steps(20, 0.5)  # step 47 at t=13.375: 0.5 s/step, 86.625 s left -> 173 more steps
+    assert trainer.schedule_iterations == 47 + 173 and trainer.model.total_iterations == 220
+    assert any("shortened from 800 to 220" in msg for _, msg in rep.logs)
+    steps(20, 0.0625)  # faster again: never lengthened
+    assert trainer.schedule_iterations == 220
