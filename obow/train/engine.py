@@ -397,7 +397,7 @@ class Trainer:
                 rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
             self.save()
         return {
-            "epochs": st.epoch + st.iteration_in_epoch / self.iters_per_epoch,
+            "epochs": round(st.epoch + st.iteration_in_epoch / self.iters_per_epoch, 4),
             "iterations": st.global_iteration,
             "schedule_iterations": self.schedule_iterations,
             "last_metrics": last_values,
