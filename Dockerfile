@@ -10,14 +10,14 @@ WORKDIR /app
 
 # PyTorch wheels with CUDA; pinned like the rest of the project.
 RUN pip install torch==2.14.1 torchvision==0.29.1
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml setup.py README.md alembic.ini ./
 COPY obow obow
 COPY server server
 COPY worker worker
 COPY migrations migrations
 COPY templates templates
 COPY scripts/setup-extra.sh scripts/setup-extra.sh
-RUN pip install -e . \
+RUN pip install -e ".[server,worker]" \
     && SKIP_CHROMIUM=1 bash scripts/setup-extra.sh \
     && apt-get purge -y npm && apt-get autoremove -y
 

@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from benchmarks.lab_storage import database, new_run, p95
-from benchmarks.serving import free_port
+from benchmarks.serving import serve_in_thread
 from server.app import create_app
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.settings import Settings
@@ -37,52 +36,46 @@ def measure(backend: str, writes: int, rate: float) -> list[float]:
         maker = make_sessionmaker(engine)
         run_id, attempt_id = new_run(maker)
         settings = Settings(home=scratch, database_url=url, secret_key_value="bench", public_read=True)
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings, enqueue=lambda run: "x", sweep_every_s=0),
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-            )
-        )
-        serving = threading.Thread(target=server.run, daemon=True)
-        serving.start()
-        while not server.started:
-            time.sleep(0.05)
-
-        committed: dict[int, float] = {}
-        delays: list[float] = []
-        connected = threading.Event()
-
-        def listen() -> None:
-            with httpx.stream(
-                "GET", f"http://127.0.0.1:{port}/api/v1/runs/{run_id}/events", timeout=None
-            ) as resp:
-                for line in resp.iter_lines():
-                    connected.set()
-                    if line.startswith("data: ") and '"points"' in line:
-                        now = time.time()
-                        for _, step, _, _ in json.loads(line[6:])["points"]:
-                            delays.append((now - committed[step]) * 1000)
-                    if len(delays) >= writes:
-                        return
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
-        connected.wait(10)
-        reporter = DbReporter(maker, run_id, attempt_id, scratch, flush_every_s=3600, heartbeat_s=3600)
-        for step in range(writes):
-            reporter.metrics(step, {"probe": float(step)})
-            committed[step] = time.time()  # before the commit: a pushed event can arrive before flush returns
-            reporter.flush()
-            time.sleep(1 / rate)
-        listener.join(timeout=30)
-        reporter.close()
-        server.should_exit = True
-        serving.join(timeout=10)
+        app = create_app(settings, enqueue=lambda run: "x", sweep_every_s=0)
+        with serve_in_thread(app) as base:
+            delays = _stream_and_write(base, maker, run_id, attempt_id, scratch, writes, rate)
         engine.dispose()
         return delays
+
+
+def _stream_and_write(
+    base: str, maker, run_id: int, attempt_id: int, scratch: Path, writes: int, rate: float
+) -> list[float]:
+    """Commits `writes` points at `rate` while one SSE client listens; the delay of each point."""
+    committed: dict[int, float] = {}
+    delays: list[float] = []
+    connected = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream(
+            "GET", f"{base}/api/v1/runs/{run_id}/events", timeout=None
+        ) as resp:
+            for line in resp.iter_lines():
+                connected.set()
+                if line.startswith("data: ") and '"points"' in line:
+                    now = time.time()
+                    for _, step, _, _ in json.loads(line[6:])["points"]:
+                        delays.append((now - committed[step]) * 1000)
+                if len(delays) >= writes:
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    connected.wait(10)
+    reporter = DbReporter(maker, run_id, attempt_id, scratch, flush_every_s=3600, heartbeat_s=3600)
+    for step in range(writes):
+        reporter.metrics(step, {"probe": float(step)})
+        committed[step] = time.time()  # before the commit: a pushed event can arrive before flush returns
+        reporter.flush()
+        time.sleep(1 / rate)
+    listener.join(timeout=30)
+    reporter.close()
+    return delays
 
 
 def main() -> None:

@@ -20,16 +20,14 @@ import os
 import re
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from benchmarks.lab_storage import database
-from benchmarks.serving import free_port
+from benchmarks.serving import serve_in_thread
 from server.app import create_app
 from server.core import transitions
 from server.core.db import make_engine, make_sessionmaker, upgrade
@@ -54,7 +52,9 @@ def controller_latency(backend: str, trials: int) -> list[float]:
         maker = make_sessionmaker(make_engine(url))
         with maker() as session:
             token = tokens.create_token(session, "bench")
-        settings = Settings(home=Path(scratch_dir), database_url=url, secret_key_value="bench")
+        settings = Settings(
+            home=Path(scratch_dir), database_url=url, secret_key_value="bench", allowed_hosts_value="testserver"
+        )
         app = create_app(settings, enqueue=lambda run: f"task-{run.id}", sweep_every_s=30)
         delays = []
         with TestClient(app) as client:  # its lifespan runs the background controller
@@ -67,7 +67,9 @@ def controller_latency(backend: str, trials: int) -> list[float]:
                 "objective": {"metric": "final_loss"},
                 "direction": "minimize",
             }
-            sweep = client.post("/api/v1/sweeps", json=body, headers={"Authorization": f"Bearer {token}"}).json()
+            answer = client.post("/api/v1/sweeps", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 201, answer.text
+            sweep = answer.json()
             for number in range(trials):
                 run_id = wait_for_trial_run(maker, sweep["id"], number)
                 with maker() as session:
@@ -159,49 +161,34 @@ def page_render(trials: int, loads: int) -> list[float]:
             token = tokens.create_token(session, "bench")
         sweep_id = seed_sweep(maker, trials)
         settings = Settings(home=Path(scratch_dir), database_url=url, secret_key_value="bench")
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings, enqueue=lambda run: "x", sweep_every_s=0),
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-            )
-        )
-        threading.Thread(target=server.run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+        app = create_app(settings, enqueue=lambda run: "x", sweep_every_s=0)
         times = []
-        try:
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        with serve_in_thread(app) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(f"{base}/login")
+            page.fill("input[name=token]", token)
+            page.click("button[type=submit]")
+            page.wait_for_url(re.compile(r".*/$"))
+            for _ in range(loads + 1):  # the first load warms the browser's and the server's caches
+                page.goto(f"{base}/sweeps/{sweep_id}")
+                page.wait_for_function(f"document.body.dataset.rendered === '{trials}'", timeout=30_000)
+                drawn = page.evaluate(
+                    """() => ({ms: Number(document.body.dataset.renderedMs),
+                               rows: document.querySelectorAll('#trials-body tr').length,
+                               lines: document.querySelectorAll('#parallel polyline').length,
+                               chart: !!document.querySelector('#objective-chart canvas'),
+                               bars: document.querySelectorAll('#importance .bar').length})"""
                 )
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                errors: list[str] = []
-                page.on("pageerror", lambda err: errors.append(str(err)))
-                page.goto(f"{base}/login")
-                page.fill("input[name=token]", token)
-                page.click("button[type=submit]")
-                page.wait_for_url(re.compile(r".*/$"))
-                for _ in range(loads + 1):  # the first load warms the browser's and the server's caches
-                    page.goto(f"{base}/sweeps/{sweep_id}")
-                    page.wait_for_function(f"document.body.dataset.rendered === '{trials}'", timeout=30_000)
-                    drawn = page.evaluate(
-                        """() => ({ms: Number(document.body.dataset.renderedMs),
-                                   rows: document.querySelectorAll('#trials-body tr').length,
-                                   lines: document.querySelectorAll('#parallel polyline').length,
-                                   chart: !!document.querySelector('#objective-chart canvas'),
-                                   bars: document.querySelectorAll('#importance .bar').length})"""
-                    )
-                    assert drawn["rows"] == trials and drawn["lines"] == trials and drawn["chart"], drawn
-                    assert drawn["bars"] == 3, drawn
-                    times.append(drawn["ms"] / 1000)
-                assert errors == [], errors
-                browser.close()
-        finally:
-            server.should_exit = True
+                assert drawn["rows"] == trials and drawn["lines"] == trials and drawn["chart"], drawn
+                assert drawn["bars"] == 3, drawn
+                times.append(drawn["ms"] / 1000)
+            assert errors == [], errors
+            browser.close()
         return times[1:]
 
 

@@ -26,6 +26,7 @@ RUN_KINDS: dict[str, tuple[str, str]] = {
     "fewshot": ("obow.config.eval:FewshotSpec", "obow.eval.fewshot:run_fewshot"),
     "knn": ("obow.config.eval:KnnSpec", "obow.eval.knn:run_knn"),
     "svm": ("obow.config.eval:SvmSpec", "obow.eval.svm:run_svm"),
+    "baseline": ("obow.config.eval:BaselineSpec", "obow.eval.baselines:run_baseline"),
 }
 
 

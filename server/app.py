@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from server import api_docs
 from server.api.guards import BodyLimit, TrustedHost
-from server.api.routes import artifacts, imports, meta, runs, sweeps
+from server.api.routes import artifacts, compare, evaluations, imports, meta, runs, sweeps
 from server.core.db import check_migrated, make_engine, make_sessionmaker
 from server.core.errors import Invalid, ServiceError
 from server.core.queue import CeleryEnqueuer
@@ -31,6 +33,7 @@ STATIC_DIR = lab_dir("static")
 # how often the API steps its running sweeps: what the controller adds between a trial's end and the
 # next trial's start is at most this (plus the step itself)
 SWEEP_CONTROL_S = 0.25
+STREAM_READ_THREADS = 16
 log = logging.getLogger("obow.lab")
 
 
@@ -107,13 +110,14 @@ def create_app(
         for task in tasks:
             task.cancel()
         app.state.notifier.stop()
+        app.state.stream_reads.shutdown(wait=False)
         engine.dispose()
 
     app = FastAPI(
         title="OBoW Lab",
         version="1",
         description="Runs, metrics, artifacts of OBoW pretraining, evaluation and export.",
-        docs_url="/api/docs",
+        docs_url=None,  # served offline by `server.api_docs` (Swagger UI /api/docs, ReDoc /api/redoc)
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
@@ -124,6 +128,9 @@ def create_app(
     app.state.enqueue = enqueue or CeleryEnqueuer(settings.celery_broker_url)
     app.state.login_throttle = LoginThrottle()
     app.state.notifier = RunNotifier(settings.db_url)  # wakes SSE streams when their run's rows change
+    # SSE streams read in threads of their own: behind 40 busy request threads (the shared pool's
+    # limit) a woken stream would wait for a thread, and its delivery delay with it
+    app.state.stream_reads = ThreadPoolExecutor(max_workers=STREAM_READ_THREADS, thread_name_prefix="sse-read")
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
@@ -131,8 +138,13 @@ def create_app(
             return JSONResponse({"detail": err.errors}, status_code=422)
         return JSONResponse({"detail": err.message}, status_code=err.status_code)
 
-    for router in (runs.router, sweeps.router, artifacts.router, imports.router, meta.router, meta.health_router):
+    api_routers = (
+        runs.router, compare.router, evaluations.router, sweeps.router, artifacts.router, imports.router,
+        meta.router, meta.health_router,
+    )
+    for router in api_routers:
         app.include_router(router, prefix="/api/v1")
+    api_docs.install(app, "/api/v1/openapi.json", "OBoW Lab")
     app.include_router(sweep_pages_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import click
 
-from server import sweep_cli
+from server import runs_cli, sweep_cli
 from server.core.settings import Settings
 
 # uvloop's event loop and httptools' HTTP parser (uvicorn[standard]): less CPU per request and per SSE
@@ -35,6 +35,7 @@ def lab() -> None:
 
 
 lab.add_command(sweep_cli.sweep)
+lab.add_command(runs_cli.runs)
 
 
 @lab.group()

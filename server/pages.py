@@ -24,10 +24,15 @@ from server.api.deps import (
     get_throttle,
 )
 from server.core import kinds as kinds_service
+from server.core import notes
 from server.core.errors import NotFound
+from server.core.models import Run
 from server.core.resources import lab_dir
 from server.core.text import clean_text, is_clean
+from server.services import compare as compare_service
+from server.services import evaluations as evaluations_service
 from server.services import events as events_service
+from server.services import organise as organise_service
 from server.services import runs as runs_service
 from server.services import tokens
 from server.services import words as words_service
@@ -183,10 +188,12 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
     except NotFound as err:
         return _render("error.html", _context(request, db, settings, message=err.message), status=404)
     children, _ = runs_service.list_runs(db, parent_id=run_id, limit=500)
+    # runs that hold weights (pretraining, imports) are evaluated; an evaluation's own results are not
+    holds_weights = run.kind not in ("export", "words", "baseline") and not evaluations_service.is_evaluation(run.kind)
     child_kinds = [
         k
         for k in kinds_service.kinds()
-        if k not in ("pretrain", "import", "export") and kinds_service.weights_field(k) is not None
+        if holds_weights and k not in ("pretrain", "import", "export") and kinds_service.weights_field(k) is not None
     ]
     ctx = _context(
         request,
@@ -197,20 +204,45 @@ def run_page(request: Request, run_id: IdPath, db: DbDep, settings: SettingsDep)
         child_kinds=child_kinds,
         can_export="export" in kinds_service.kinds(),
         can_words=run.kind == "pretrain" and "words" in kinds_service.kinds(),
+        is_evaluation=evaluations_service.is_evaluation(run.kind),
+        can_evaluate=bool(child_kinds),
         collapsed=words_service.collapsed_levels(run.last_metrics),
+        note_html=notes.render(run.note),
         # the stream starts where this render stands, so nothing falls between history and live events
         cursor=str(events_service.start_cursor(db)),
     )
     return _render("run.html", ctx)
 
 
+@router.get("/usage", response_class=HTMLResponse, dependencies=ReaderPage)
+def usage_page(request: Request, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+    """Disk use of the artifact store: total, by folder, and the largest runs."""
+    usage = organise_service.total_usage(db, settings.artifact_root)
+    return _render("usage.html", _context(request, db, settings, usage=usage))
+
+
 @router.get("/compare", response_class=HTMLResponse, dependencies=ReaderPage)
 def compare_page(
-    request: Request, db: DbDep, settings: SettingsDep, ids: Annotated[str, Query()] = ""
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    runs: Annotated[str, Query(max_length=400)] = "",
+    ids: Annotated[str, Query(max_length=400)] = "",  # the old name of `runs`, in links shared before
 ) -> HTMLResponse:
-    chosen = [int(i) for i in ids.split(",") if i.strip().isdigit()][:12]
+    """The page is the share link: `runs`, `key`, `x`, `smooth` and `log` in its URL (read by
+    compare.js). Ids it cannot use are left out here; the API names them when it is asked."""
+    chosen: list[int] = []
+    for part in (runs or ids).split(","):
+        part = part.strip()
+        if part.isascii() and part.isdigit() and 1 <= int(part) <= 2**31 - 1 and int(part) not in chosen:
+            chosen.append(int(part))
+    chosen = chosen[: compare_service.MAX_RUNS]
     recent, _ = runs_service.list_runs(db, limit=100)
-    ctx = _context(request, db, settings, chosen=chosen, recent=recent)
+    listed = {r.id for r in recent}
+    older = [r for r in (db.get(Run, i) for i in chosen if i not in listed) if r is not None]
+    ctx = _context(
+        request, db, settings, chosen=chosen, recent=older + list(recent), max_runs=compare_service.MAX_RUNS
+    )
     return _render("compare.html", ctx)
 
 

@@ -10,22 +10,24 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from obow.errors import ObowError
+from obow.progress import PhaseClock, Upcoming
 from server.core import artifacts as artifact_store
 from server.core import metrics as metric_store
 from server.core import transitions
-from server.core.models import LogLine, Run, RunState, utcnow
+from server.core.models import Attempt, LogLine, Run, RunState, utcnow
 from server.core.notify import run_changed
 from server.core.space import low_space
-from server.core.text import clean_text
+from server.core.text import clean_json, clean_text
 from worker.supervisor import HANDED_BACK, LOST_RUN
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -63,6 +65,10 @@ class DbReporter:
         self._points: list[tuple[str, int, float, float]] = []
         self._logs: list[dict[str, Any]] = []
         self._progress: tuple[int, int] | None = None
+        self._clock = PhaseClock()
+        self._phase_dirty = False
+        # points from other threads (the system-metrics sampler): appended there, drained by flush()
+        self._foreign: deque[tuple[str, int, float, float]] = deque()
         self._last: dict[str, float] = {}
         self._last_flush = time.monotonic()
         self._last_stop_check = 0.0
@@ -76,6 +82,10 @@ class DbReporter:
             run = session.get(Run, run_id)
             self._keys: list[str] = list(run.metric_keys or []) if run else []
             self._last = dict(run.last_metrics or {}) if run else {}
+            first_start = session.scalar(select(func.min(Attempt.started_at)).where(Attempt.run_id == run_id))
+        # the origin of the wall-time axis of system metrics: the run's first attempt, so that a resumed
+        # attempt's points follow the earlier ones instead of replacing them
+        self.origin = first_start.timestamp() if first_start is not None else time.time()
         # keys an earlier attempt of this run wrote: this attempt's first point of each replaces the
         # earlier attempt's points from that step on (a resume repeats the steps after the checkpoint)
         self._earlier_keys = set(self._keys)
@@ -117,7 +127,37 @@ class DbReporter:
 
     def progress(self, done: int, total: int) -> None:
         self._progress = (int(done), int(total))
+        self._clock.update(done, total)
+        self._phase_dirty = True
         self._maybe_flush()
+
+    def phase(self, label: str, total: int, unit: str = "it", done: int = 0, upcoming: Upcoming = ()) -> None:
+        self._clock.start(clean_text(str(label), 200), total, clean_text(str(unit), 40), done, upcoming)
+        self._phase_dirty = True
+        self._maybe_flush()
+
+    def system_metrics(self, values: Mapping[str, float], when: float | None = None) -> None:
+        """Thread-safe: points of another thread (the system sampler), keyed by whole seconds since the
+        run's first attempt began; stored by the library thread's next flush (at most a second away
+        while the run reports progress) or by close()."""
+        now = time.time() if when is None else when
+        step = max(0, int(now - self.origin))
+        for key, value in values.items():
+            value = float(value)
+            if math.isfinite(value):
+                self._foreign.append((clean_text(key, 100), step, value, now))
+
+    def record_provenance(self, provenance: Mapping[str, Any]) -> bool:
+        """Store where and with what this attempt runs on its row (fenced: only while it owns the run)."""
+        with self._maker() as session:
+            if not self._owns(session, heartbeat_at=utcnow()):
+                return False
+            # environment text (a variable, a host name) may hold what no JSON column takes: cleaned
+            session.execute(
+                update(Attempt).where(Attempt.id == self._attempt_id).values(provenance=clean_json(dict(provenance)))
+            )
+            session.commit()
+        return True
 
     def artifact(self, path: Path, kind: str, meta: Mapping[str, Any]) -> None:
         self.flush()
@@ -160,6 +200,8 @@ class DbReporter:
         self.lost_ownership = True
         self._stop = True
         self._points, self._logs, self._progress = [], [], None
+        self._phase_dirty = False
+        self._foreign.clear()
 
     def _owns(self, session: Session, **values: Any) -> bool:
         """The fenced write that guards a transaction; on False the transaction is rolled back."""
@@ -193,22 +235,32 @@ class DbReporter:
             self._check_space()
         points, logs, progress = self._points, self._logs, self._progress
         self._points, self._logs, self._progress = [], [], None
-        new_keys = sorted({p[0] for p in points} - set(self._keys))
-        self._keys += new_keys
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
-        if progress is not None:
-            values.update(progress_done=progress[0], progress_total=progress[1])
-        if points:
-            values["last_metrics"] = dict(self._last)
-        if new_keys:
-            values["metric_keys"] = list(self._keys)
-        if points or progress is not None or new_keys:
-            values["version"] = Run.version + 1
+        foreign: list[tuple[str, int, float, float]] = []
+        while self._foreign:
+            point = self._foreign.popleft()
+            foreign.append(point)
+            self._last[point[0]] = point[2]
+        phase = clean_json(self._clock.snapshot()) if self._phase_dirty else None
+        self._phase_dirty = False
         first_steps: dict[str, int] = {}
         for key, step, _, _ in points:
             if key not in self._seen_keys and step < first_steps.get(key, step + 1):
                 first_steps[key] = step
         self._seen_keys.update(first_steps)
+        points += foreign  # wall-time points never repeat an earlier attempt's: nothing to supersede
+        new_keys = sorted({p[0] for p in points} - set(self._keys))
+        self._keys += new_keys
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values.update(progress_done=progress[0], progress_total=progress[1])
+        if phase is not None:
+            values["phase"] = phase
+        if points:
+            values["last_metrics"] = dict(self._last)
+        if new_keys:
+            values["metric_keys"] = list(self._keys)
+        if points or progress is not None or new_keys or phase is not None:
+            values["version"] = Run.version + 1
         if self.lost_ownership:
             return
         with self._maker() as session:

@@ -33,9 +33,11 @@ from server.core.paths import path_errors
 from server.core.queue import RUN_TASK, send_run
 from server.core.settings import Settings
 from server.core.workers import Beater
+from worker import provenance
 from worker.celery_app import app
 from worker.reporter import DbReporter
 from worker.supervisor import HANDED_BACK, LOST_RUN, Outcome, supervise
+from worker.sysmetrics import Gpus, SystemSampler
 
 _makers: dict[str, Any] = {}
 
@@ -201,7 +203,9 @@ def run_attempt(
         min_free_bytes=int(settings.min_free_mb * 2**20),
     )
     state, error, result = "succeeded", None, None
+    sampler: SystemSampler | None = None
     try:
+        reporter.phase("starting", 1, "steps")  # until the library's first phase: imports, data, weights
         reporter.log(f"attempt {attempt_id} on {socket.gethostname()} pid {os.getpid()}")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +217,14 @@ def run_attempt(
             ) from None
         if supervised:
             signal.signal(signal.SIGUSR1, lambda *_: reporter.request_handoff())
-        result = obow_runs.run(kind, checked_spec(kind, spec, settings, out_dir), out_dir, reporter)
+        resolved = obow_runs.spec_class(kind).model_validate(checked_spec(kind, spec, settings, out_dir))
+        gpus = Gpus.open()
+        reporter.record_provenance(provenance.collect(kind, resolved, gpu_models(gpus)))
+        if settings.system_metrics_s:
+            sampler = SystemSampler(reporter, settings.system_metrics_s, gpus=lambda: gpus).start()
+        elif gpus is not None:
+            gpus.close()
+        result = obow_runs.run(kind, resolved, out_dir, reporter)
         if reporter.should_stop():
             state = reporter.stop_outcome()
     except StopRequested:
@@ -224,12 +235,29 @@ def run_attempt(
         state, error = "failed", f"{type(err).__name__}: {err}"
         reporter.log(traceback.format_exc(), "error")
     finally:
+        if sampler is not None:
+            sampler.stop()
         try:
             reporter.close()
         except Exception:  # the final state matters more than the last log lines
             traceback.print_exc()
     safe_result = json.loads(json.dumps(result, default=str)) if isinstance(result, dict) else None
     return state, error, safe_result
+
+
+def gpu_models(gpus: Gpus | None) -> Callable[[], list[str]]:
+    """The GPU model names for provenance: from NVML, else from torch when it sees CUDA devices."""
+
+    def models() -> list[str]:
+        if gpus is not None:
+            return gpus.models()
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+    return models
 
 
 def finish(maker, run_id: int, attempt_id: int, state: str, error: str | None, result: Any) -> None:

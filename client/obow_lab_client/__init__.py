@@ -63,12 +63,16 @@ class LabClient:
         preset: str | None = None,
         spec: dict[str, Any] | None = None,
         parent_id: int | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        note: str | None = None,
+        project: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": kind, "spec": spec or {}}
-        if preset:
-            body["preset"] = preset
-        if parent_id is not None:
-            body["parent_id"] = parent_id
+        for key, value in (("preset", preset), ("parent_id", parent_id), ("name", name), ("tags", tags),
+                           ("note", note), ("project", project)):
+            if value is not None:
+                body[key] = value
         return self._json(self._http.post("/runs", json=body))
 
     def kinds(self) -> list[dict[str, Any]]:
@@ -80,6 +84,44 @@ class LabClient:
 
     def runs(self, **filters: Any) -> dict[str, Any]:
         return self._json(self._http.get("/runs", params={k: v for k, v in filters.items() if v is not None}))
+
+    def search(
+        self,
+        query: str | None = None,
+        sort: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        top_level: bool = False,
+        **filters: Any,
+    ) -> dict[str, Any]:
+        """A page of runs matching `query` (the list's query language: free words, `kind:` `state:`
+        `project:` `tag:` `by:` `archived:yes|any`, `optim.lr>0.01`, `knn_top1_k20>80`), sorted by a
+        column, spec key or metric (`-` for descending). A bad query raises LabError 422 naming the token."""
+        params = {"q": query, "sort": sort, "limit": limit, "offset": offset, **filters}
+        if top_level:
+            params["top_level"] = "true"
+        return self.runs(**params)
+
+    def update(self, run_id: int, **fields: Any) -> dict[str, Any]:
+        """Change a run's `name`, `tags`, `note`, `project` or `archived` (PATCH); the others stay."""
+        return self._json(self._http.patch(f"/runs/{run_id}", json=fields))
+
+    def archive(self, run_id: int) -> dict[str, Any]:
+        """Hide the run and its children from the default list (nothing is deleted)."""
+        return self.update(run_id, archived=True)
+
+    def unarchive(self, run_id: int) -> dict[str, Any]:
+        return self.update(run_id, archived=False)
+
+    def usage(self, run_id: int | None = None) -> dict[str, Any]:
+        """A run's disk and database use with its children (what `delete` removes), or, without an id,
+        the whole artifact store's."""
+        return self._json(self._http.get(f"/runs/{run_id}/usage" if run_id is not None else "/usage"))
+
+    def delete(self, run_id: int) -> dict[str, Any]:
+        """Delete the run, its children, metrics, logs and files; refused (409) while any is active.
+        Returns what was removed."""
+        return self._json(self._http.delete(f"/runs/{run_id}"))
 
     def cancel(self, run_id: int) -> dict[str, Any]:
         return self._json(self._http.post(f"/runs/{run_id}/cancel"))
@@ -103,6 +145,41 @@ class LabClient:
         if keys:
             params["keys"] = ",".join(keys)
         return self._json(self._http.get(f"/runs/{run_id}/metrics", params=params))
+
+    def download_metrics(self, run_id: int, dest: str | Path, fmt: str = "csv") -> Path:
+        """Every stored point of the run at full resolution (`key,step,value,time`), as CSV or JSON
+        (`fmt="json"`), streamed to `dest` through a temp file."""
+        if fmt not in ("csv", "json"):
+            raise ValueError("fmt must be 'csv' or 'json'")
+        return self._save(f"/runs/{run_id}/metrics.{fmt}", {}, dest)
+
+    def compare(self, run_ids: list[int]) -> dict[str, Any]:
+        """Runs side by side: the spec keys that differ, final metrics, results, evaluation results."""
+        return self._json(self._http.get("/compare", params={"runs": ",".join(map(str, run_ids))}))
+
+    def compare_series(self, run_ids: list[int], key: str, x: str = "step", max_points: int = 2000) -> dict[str, Any]:
+        """One metric of each run on an x axis: step, epoch, time (seconds since start) or images (seen)."""
+        params = {"runs": ",".join(map(str, run_ids)), "key": key, "x": x, "max_points": max_points}
+        return self._json(self._http.get("/compare/series", params=params))
+
+    def download_comparison(self, run_ids: list[int], dest: str | Path, fmt: str = "csv") -> Path:
+        """The comparison table as CSV (`section,key,<a column per run>`) or JSON."""
+        if fmt not in ("csv", "json"):
+            raise ValueError("fmt must be 'csv' or 'json'")
+        return self._save(f"/compare.{fmt}", {"runs": ",".join(map(str, run_ids))}, dest)
+
+    def _save(self, path: str, params: dict[str, Any], dest: str | Path) -> Path:
+        dest = Path(dest)
+        partial = dest.with_name(dest.name + ".part")
+        with self._http.stream("GET", path, params=params) as response:
+            if response.is_error:
+                response.read()
+                self._json(response)
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+        partial.replace(dest)
+        return dest
 
     def logs(self, run_id: int, limit: int = 200) -> list[dict[str, Any]]:
         return self._json(self._http.get(f"/runs/{run_id}/logs", params={"limit": limit}))
@@ -150,10 +227,27 @@ class LabClient:
     def artifacts(self, run_id: int) -> list[dict[str, Any]]:
         return self._json(self._http.get(f"/runs/{run_id}/artifacts"))
 
-    def export(self, run_id: int, format: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._json(
-            self._http.post(f"/runs/{run_id}/exports", json={"format": format, "options": options or {}})
-        )
+    def export(
+        self, run_id: int, format: str, options: dict[str, Any] | None = None, artifact_id: int | None = None
+    ) -> dict[str, Any]:
+        """Convert the run's newest checkpoint (or the one `artifact_id` names) to `format`."""
+        body: dict[str, Any] = {"format": format, "options": options or {}}
+        if artifact_id is not None:
+            body["artifact_id"] = artifact_id
+        return self._json(self._http.post(f"/runs/{run_id}/exports", json=body))
+
+    # -- evaluations ---------------------------------------------------------------------------------
+    def evaluation_defaults(self, run_id: int, kind: str) -> dict[str, Any]:
+        """Spec values for a `kind` evaluation of the run (its data and view, CPU-sized) and their cost."""
+        return self._json(self._http.get(f"/runs/{run_id}/evaluation-defaults", params={"kind": kind}))
+
+    def card(self, run_id: int) -> dict[str, Any] | None:
+        """An evaluation's result card: numbers, protocol, checkpoint, baselines."""
+        return self._json(self._http.get(f"/runs/{run_id}/card"))
+
+    def evaluations(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's evaluations as result cards, newest first."""
+        return self._json(self._http.get(f"/runs/{run_id}/evaluations"))
 
     def import_checkpoint(self, path: str | Path, name: str = "import") -> dict[str, Any]:
         with open(path, "rb") as handle:

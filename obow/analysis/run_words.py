@@ -16,7 +16,7 @@ from obow.data.views import ViewDataset
 from obow.errors import ConfigError
 from obow.io.checkpoint import load_training_checkpoint
 from obow.models.obow import build_obow
-from obow.reporting import Reporter, check_stop
+from obow.reporting import Reporter, check_stop, start_phase
 
 
 def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -37,8 +37,11 @@ def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, A
     dataset = ViewDataset(source, T.Compose([view, normalise]), range(count), target="index")
     total = len(dataset) * len(levels)
     done = 0
+    start_phase(reporter, "collecting patches", total, "images")
     results = {}
-    for level in levels:
+    for n, level in enumerate(levels):
+        if n:
+            start_phase(reporter, "collecting patches", total, "images", done=done)
         i = pre.model.bow_levels.index(level)
         vocab = model.bow_extractor.levels[i]
         loader = DataLoader(dataset, batch_size=spec.batch_size, num_workers=spec.workers, shuffle=False)
@@ -58,10 +61,12 @@ def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, A
             spec.patches,
             on_batch=progress,
         )
+        start_phase(reporter, "writing gallery", len(levels), "levels", done=n)
         index = write_gallery(
             Path(out_dir), level, top, usage, map_size, model.teacher.stride[level], d.teacher_size,
             lambda image_id: view(source.get_image(image_id)), spec.words,
         )
+        reporter.progress(n + 1, len(levels))
         used = float((usage > 0).float().mean())
         results[level] = {"words_shown": len(index["words"]), "words_used": used, "images": len(dataset)}
         for suffix, kind in ((".png", "words"), (".json", "words-index")):

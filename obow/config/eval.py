@@ -8,11 +8,13 @@ ImageNet-like folders use Resize 256 → CenterCrop 224 and the ImageNet statist
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from obow.config.kinds import KindInfo, PathField, PathRoot
+from obow.config.kinds import KindInfo, Number, PathField, PathRoot
 from obow.config.pretrain import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -114,8 +116,18 @@ class StepOrCosine(StrictModel):
         return sorted(value)
 
 
+TOP1 = Number("result", "top1", "test top-1")
+TOP5 = Number("result", "top5", "test top-5")
+KNN_TOP1 = Number("result", "top1.*", "kNN top-1 (k={key})")
+FEWSHOT = Number("result", "shots.*.accuracy", "{key}-shot accuracy")
+MAP = Number("result", "mAP", "mAP")
+TOP1_ANY = Number("result", "headline", "top-1")  # a baseline's number under its protocol's name
+
+
 class LinearSpec(EvalSpec, StepOrCosine):
     """Linear probe on the frozen student's global-pooled features (ImageNet / Places205 protocols)."""
+
+    lab: ClassVar[KindInfo] = KindInfo(queue="gpu", weights_field="checkpoint", numbers=(TOP1, TOP5), headline=(TOP1,))
 
     kind: Literal["linear"] = "linear"
     batch_norm: bool = Field(False, description="Non-affine BatchNorm before the linear layer (Places205)")
@@ -136,6 +148,8 @@ class LinearSpec(EvalSpec, StepOrCosine):
 class SemisupSpec(EvalSpec, StepOrCosine):
     """Fine-tune the whole network on a labelled fraction of the training split."""
 
+    lab: ClassVar[KindInfo] = KindInfo(queue="gpu", weights_field="checkpoint", numbers=(TOP1, TOP5), headline=(TOP1,))
+
     kind: Literal["semisup"] = "semisup"
     epochs: int = Field(40, ge=1, le=MAX_EPOCHS)
     lr: float = Field(2e-4, gt=0, le=MAX_LR, description="Learning rate of the backbone")
@@ -155,6 +169,11 @@ class FewshotSpec(EvalSpec):
     (IMAGENET_LOWSHOT_BENCHMARK_CATEGORY_SPLITS.json) works with `novel_key="novel_classes_2"`: its
     indices are used as ImageFolder label ids, as the original does.
     """
+
+    lab: ClassVar[KindInfo] = KindInfo(
+        queue="gpu", weights_field="checkpoint", numbers=(FEWSHOT, Number("result", "shots.*.ci95", "{key}-shot ±95%")),
+        headline=(FEWSHOT,),
+    )
 
     kind: Literal["fewshot"] = "fewshot"
     split: Literal["train", "val", "test"] = Field("val", description="Split the episodes are drawn from")
@@ -182,6 +201,10 @@ class FewshotSpec(EvalSpec):
 class KnnSpec(EvalSpec):
     """Weighted kNN on L2-normalised features (votes exp(cos/T))."""
 
+    lab: ClassVar[KindInfo] = KindInfo(
+        queue="gpu", weights_field="checkpoint", numbers=(KNN_TOP1,), headline=(KNN_TOP1,)
+    )
+
     kind: Literal["knn"] = "knn"
     k: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(default_factory=lambda: [20], min_length=1, max_length=100)
     temperature: float = Field(0.07, gt=0, le=MAX_SCALE)
@@ -189,6 +212,12 @@ class KnnSpec(EvalSpec):
 
 class SvmSpec(EvalSpec):
     """VOC07-style one-vs-rest linear SVMs over a cost grid chosen by k-fold cross-validation (mAP)."""
+
+    lab: ClassVar[KindInfo] = KindInfo(
+        queue="gpu", weights_field="checkpoint", headline=(MAP,),
+        numbers=(MAP, Number("result", "mAP_interpolated", "mAP (interpolated)"),
+                 Number("result", "mAP_voc07_11pt", "mAP (VOC07 11-point)")),
+    )
 
     kind: Literal["svm"] = "svm"
     costs: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(
@@ -216,6 +245,62 @@ def places205_defaults() -> dict[str, Any]:
     """The Places205 linear protocol (§4.2): BN, wd 1e-5, lr 0.01, 28 epochs, steps at 10 and 20."""
     return {"batch_norm": True, "wd": 1e-5, "lr": 0.01, "epochs": 28, "schedule": [10, 20], "lr_decay": 0.1,
             "batch_size": 256, "train_aug": "resize_random_crop"}
+
+
+BASELINE_PROTOCOLS = ("linear", "knn")
+# protocol fields that do not change the number (where files go, how many loader processes, on what device)
+NOT_PROTOCOL = ("checkpoint", "cache_dir", "keep_cache", "workers", "device", "eval_every", "kind")
+
+
+class BaselineSpec(StrictModel):
+    """The same protocol as an evaluation (`evaluation`: its spec without the checkpoint), run on features
+    that need no training: the raw pixels of the evaluation view, or a randomly initialised backbone of
+    the evaluated architecture. The lab computes each once and shows evaluations against them."""
+
+    lab: ClassVar[KindInfo] = KindInfo(queue="cpu", numbers=(TOP1_ANY,), headline=(TOP1_ANY,))
+
+    kind: Literal["baseline"] = "baseline"
+    features: Literal["raw_pixels", "random_init"]
+    protocol: Literal["linear", "knn"]
+    dataset: DatasetName = "FashionMNIST"
+    data_dir: Annotated[str | None, PathField(PathRoot.DATA)] = None
+    arch: Literal["resnet18", "resnet50"] = Field("resnet18", description="random_init: the backbone to draw")
+    small_stem: bool = False
+    width: float = Field(1.0, gt=0, le=4)
+    evaluation: dict[str, Any] = Field(
+        default_factory=dict, description="The evaluation's protocol: its spec without checkpoint, dataset, data_dir"
+    )
+
+    @model_validator(mode="after")
+    def _protocol_valid(self) -> BaselineSpec:
+        owned = {"checkpoint", "dataset", "data_dir", "cache_dir"} & set(self.evaluation)
+        if owned:
+            raise ValueError(f"evaluation must not set {', '.join(sorted(owned))} (the baseline sets them)")
+        self.evaluation_spec()  # a bad protocol is an error now, naming its field
+        return self
+
+    def evaluation_spec(self, checkpoint: str = "-") -> EvalSpec:
+        """The protocol as its evaluation spec (the checkpoint a stand-in: the baseline brings its features)."""
+        data = {**self.evaluation, "kind": self.protocol, "checkpoint": checkpoint, "dataset": self.dataset,
+                "data_dir": self.data_dir}
+        return EVAL_SPECS[self.protocol].model_validate(data)
+
+
+def protocol_of(spec: EvalSpec) -> dict[str, Any]:
+    """What decides an evaluation's number, apart from the weights and the data (which baselines keep
+    beside it): where files go, loader processes and the device do not."""
+    values = spec.model_dump(mode="json")
+    return {k: v for k, v in values.items() if k not in (*NOT_PROTOCOL, "dataset", "data_dir")}
+
+
+def baseline_key(spec: BaselineSpec) -> str:
+    """The identity of a baseline's number: the same key means the same protocol on the same data and
+    features, so it is computed once. Raw pixels do not depend on an architecture."""
+    ident: dict[str, Any] = {"features": spec.features, "protocol": spec.protocol, "dataset": spec.dataset,
+                             "data_dir": spec.data_dir, "evaluation": protocol_of(spec.evaluation_spec())}
+    if spec.features == "random_init":
+        ident.update(arch=spec.arch, small_stem=spec.small_stem, width=spec.width)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
 EVAL_SPECS: dict[str, type[EvalSpec]] = {

@@ -32,13 +32,33 @@ class PathField:
 
 
 @dataclass(frozen=True)
+class Number:
+    """Where one of a kind's reported numbers lives: `source` (the run's `result` or its `last_metrics`)
+    and a dotted `path` into it. A `*` part stands for every key at that level, in order (kNN's k values,
+    few-shot's shots), and `{key}` in the label is replaced by the key it matched."""
+
+    source: Literal["result", "last_metrics"]
+    path: str
+    label: str
+    unit: str = "%"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"source": self.source, "path": self.path, "label": self.label, "unit": self.unit}
+
+
+@dataclass(frozen=True)
 class KindInfo:
     queue: Literal["gpu", "cpu"] = "gpu"
     weights_field: str | None = None  # filled from the parent run's newest weights
     upload_field: str | None = None  # filled with the uploaded file (imports)
+    # the main numbers of a run of this kind, the headline first; the first headline candidate present
+    # in a run is what a runs list shows (e.g. a linear probe's test top-1, never its train top-1)
+    numbers: tuple[Number, ...] = ()
+    headline: tuple[Number, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"queue": self.queue, "weights_field": self.weights_field, "upload_field": self.upload_field}
+        return {"queue": self.queue, "weights_field": self.weights_field, "upload_field": self.upload_field,
+                "numbers": [n.as_dict() for n in self.numbers], "headline": [n.as_dict() for n in self.headline]}
 
 
 def kind_info(cls: type[BaseModel]) -> KindInfo:

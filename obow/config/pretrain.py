@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from obow.config.kinds import KindInfo, PathField, PathRoot
+from obow.config.kinds import KindInfo, Number, PathField, PathRoot
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -261,8 +261,12 @@ class RuntimeSpec(StrictModel):
     knn_monitor_test_size: int = Field(2000, ge=10, le=MAX_COUNT)
 
 
+KNN_MONITOR = Number("last_metrics", "knn_acc@1", "kNN monitor top-1")
+LOSS = Number("last_metrics", "loss_total", "loss", unit="")
+
+
 class PretrainSpec(StrictModel):
-    lab: ClassVar[KindInfo] = KindInfo(queue="gpu")
+    lab: ClassVar[KindInfo] = KindInfo(queue="gpu", numbers=(KNN_MONITOR, LOSS), headline=(KNN_MONITOR, LOSS))
 
     kind: Literal["pretrain"] = "pretrain"
     name: str = Field("custom", pattern=r"^[A-Za-z0-9_.\-/]+$", max_length=200)

@@ -24,7 +24,8 @@ from torchvision import transforms as T
 from obow.data.sources import ImageSource
 from obow.data.views import ViewDataset
 from obow.models.backbone import ResNetBackbone
-from obow.reporting import Reporter, check_stop
+from obow.progress import Upcoming
+from obow.reporting import Reporter, check_stop, start_phase
 
 VIEW_COUNTS = {"center": 1, "center_flip": 2, "ten_crop": 10}
 DONE_MARKER = "done"
@@ -54,9 +55,12 @@ def view_transform(
 @torch.no_grad()
 def _fill(
     array: np.ndarray, labels: np.ndarray, backbone: ResNetBackbone, dataset: ViewDataset,
-    device: torch.device, batch_size: int, workers: int, reporter: Reporter,
+    device: torch.device, batch_size: int, workers: int, reporter: Reporter, label: str, upcoming: Upcoming,
 ) -> None:
     views = array.shape[1]
+    # counted in views (images x views per image): a view costs the same forward pass in the train cache
+    # (2 or 10 views) and the test cache (1), so the rate measured on one predicts the other
+    start_phase(reporter, label, len(dataset) * views, "views", upcoming=upcoming)
     images_per_batch = max(1, batch_size // views)
     data = DataLoader(dataset, batch_size=images_per_batch, shuffle=False, num_workers=workers)
     done = 0
@@ -67,15 +71,16 @@ def _fill(
         array[done : done + len(images)] = feats.view(len(images), views, -1).numpy()
         labels[done : done + len(images)] = np.asarray(targets)
         done += len(images)
-        reporter.progress(done, len(dataset))
+        reporter.progress(done * views, len(dataset) * views)
 
 
 def cached_features(
     folder: Path, meta: Mapping[str, Any], backbone: ResNetBackbone, source: ImageSource,
     transform: Callable, views: int, device: torch.device, batch_size: int, workers: int,
-    reporter: Reporter,
+    reporter: Reporter, label: str = "caching features", upcoming: Upcoming = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(read-only memmap [N, V, C], labels [N]); built under `folder` unless a valid cache is there."""
+    """(read-only memmap [N, V, C], labels [N]); built under `folder` unless a valid cache is there.
+    Building it is a phase called `label` (in views), `upcoming` the phases after it."""
     meta = {**meta, "num_images": len(source), "views": views, "dim": backbone.out_dim}
     data_file, labels_file, meta_file = folder / "memmap.npy", folder / "labels.npy", folder / "metadata.json"
     if (folder / DONE_MARKER).is_file() and meta_file.is_file():
@@ -95,7 +100,8 @@ def cached_features(
     was_training = backbone.training
     backbone.eval()
     try:
-        _fill(array, labels, backbone, ViewDataset(source, transform), device, batch_size, workers, reporter)
+        _fill(array, labels, backbone, ViewDataset(source, transform), device, batch_size, workers, reporter,
+              label, upcoming)
     finally:
         backbone.train(was_training)
     array.flush()

@@ -25,7 +25,7 @@ from obow.devices import resolve_device
 from obow.errors import ConfigError, DataError
 from obow.eval.common import load_eval_backbone, loader, open_split, per_class_counts, write_results
 from obow.models.features import extract_features
-from obow.reporting import Reporter, check_stop
+from obow.reporting import Reporter, check_stop, start_phase
 
 
 def prototype_logits(support: torch.Tensor, support_labels: torch.Tensor, queries: torch.Tensor, n_way: int,
@@ -118,10 +118,13 @@ def run_fewshot(spec: FewshotSpec, out_dir: Path, reporter: Reporter) -> dict[st
     reporter.log(f"few-shot: {len(keep)} images of {len(classes)} novel classes, {spec.episodes} episodes of "
                  f"{spec.n_way}-way, k={spec.k_shot}, {spec.n_query} queries per class")
     data = ViewDataset(source, eval_transform(spec.resize, spec.size, spec.mean, spec.std), keep)
-    feats, labels = extract_features(backbone, loader(data, spec, False), device, progress=False)
+    episodes = ("episodes", spec.episodes * len(spec.k_shot), "episodes")
+    feats, labels = extract_features(backbone, loader(data, spec, False), device, progress=False,
+                                     reporter=reporter, label="features", upcoming=[episodes])
     check_stop(reporter)
     rows, per_k = [], {}
     step = 0
+    start_phase(reporter, *episodes)
     for k in spec.k_shot:
         accs = []
         for chosen, support, query in make_episodes(labels.tolist(), classes, spec.n_way, k, spec.n_query,

@@ -40,6 +40,7 @@ from obow.hashing import sha256_of
 from obow.io.atomic import save_atomic
 from obow.models.backbone import ResNetBackbone
 from obow.models.features import extract_features
+from obow.progress import Upcoming
 from obow.reporting import Reporter
 
 
@@ -134,25 +135,32 @@ def _cache_meta(spec: LinearSpec, checkpoint_sha: str, split: str, per_class: in
 
 
 def _test_features(spec: LinearSpec, out_dir: Path, backbone: ResNetBackbone, source: ImageSource,
-                   device: torch.device, checkpoint_sha: str, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device, checkpoint_sha: str, reporter: Reporter,
+                   upcoming: Upcoming) -> tuple[torch.Tensor, torch.Tensor]:
     if spec.precache:
         folder = _cache_folder(spec, out_dir, checkpoint_sha, spec.test_split, spec.test_subset, "center")
         meta = _cache_meta(spec, checkpoint_sha, spec.test_split, spec.test_subset, "center")
         array, labels = cached_features(folder, meta, backbone, source, view_transform("center", spec.resize,
                                         spec.size, spec.mean, spec.std), 1, device, spec.batch_size,
-                                        spec.workers, reporter)
+                                        spec.workers, reporter, "caching test features", upcoming)
         return torch.from_numpy(np.array(array[:, 0])), torch.from_numpy(labels)
     data = loader(ViewDataset(source, eval_transform(spec.resize, spec.size, spec.mean, spec.std)), spec, False)
-    return extract_features(backbone, data, device, progress=False)
+    return extract_features(backbone, data, device, progress=False, reporter=reporter, label="test features",
+                            upcoming=upcoming)
 
 
-def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter, backbone: ResNetBackbone | None = None,
+               features_id: str | None = None) -> dict[str, Any]:
+    """The probe of `spec.checkpoint`'s student, or of `backbone` (a baseline's features: raw pixels, a
+    random network; `features_id` then names them in the feature cache instead of the file's sha256)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     device = resolve_device(spec.device)
-    loaded = load_eval_backbone(spec.checkpoint, device)
-    backbone = loaded.backbone
+    if backbone is None:
+        backbone = load_eval_backbone(spec.checkpoint, device).backbone
+    else:
+        backbone = backbone.to(device).eval()
     freeze(backbone)
     frozen = state_hash(backbone)
     train_src = open_split(spec, spec.train_split, spec.subset)
@@ -160,17 +168,22 @@ def run_linear(spec: LinearSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     if test_src.num_classes != train_src.num_classes:
         raise DataError(f"train has {train_src.num_classes} classes but {spec.test_split} has "
                         f"{test_src.num_classes}; both splits need the same class folders")
-    checkpoint_sha = sha256_of(Path(spec.checkpoint)) if spec.precache else ""
+    checkpoint_sha = (features_id or sha256_of(Path(spec.checkpoint))) if spec.precache else ""
     cache = None
     started = time.perf_counter()
+    # the training phase's rate is unknown until it runs (it is not in images): it is left out of the ETA
+    # of the feature phases before it, which say so by listing it as upcoming
+    training = ("training", 0, "iterations")
     if spec.precache:
         views = spec.cache_views
         cache = cached_features(
             _cache_folder(spec, out_dir, checkpoint_sha, spec.train_split, spec.subset, views),
             _cache_meta(spec, checkpoint_sha, spec.train_split, spec.subset, views),
             backbone, train_src, view_transform(views, spec.resize, spec.size, spec.mean, spec.std),
-            VIEW_COUNTS[views], device, spec.batch_size, spec.workers, reporter)
-    test_x, test_y = _test_features(spec, out_dir, backbone, test_src, device, checkpoint_sha, reporter)
+            VIEW_COUNTS[views], device, spec.batch_size, spec.workers, reporter, "caching train features",
+            [("caching test features", len(test_src), "views"), training])
+    test_x, test_y = _test_features(spec, out_dir, backbone, test_src, device, checkpoint_sha, reporter,
+                                    [training])
     test_x, test_y = test_x.to(device), test_y.to(device)
     feature_seconds = time.perf_counter() - started
 

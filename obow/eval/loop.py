@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from obow.config.eval import StepOrCosine
-from obow.reporting import Reporter, check_stop
+from obow.reporting import Reporter, check_stop, start_phase
 
 # epoch (0-based) -> (inputs, labels) batches already on the model's device
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -41,6 +41,7 @@ def train_classifier(
     history: list[dict[str, float]] = []
     total = spec.epochs * steps_per_epoch
     done = 0
+    start_phase(reporter, "training", total, "iterations")
     for epoch in range(spec.epochs):
         point: dict[str, float] = {"epoch": epoch + 1, **set_lr(epoch)}
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
@@ -58,7 +59,9 @@ def train_classifier(
             reporter.progress(done, total)
         point.update(loss=loss_sum / seen, train_top1=100.0 * correct / seen, epoch_seconds=time.perf_counter() - t0)
         if (epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.epochs:
-            point.update(evaluate())
+            point.update(evaluate())  # may be a phase of its own (a pass over the test images)
+            if epoch + 1 < spec.epochs:
+                start_phase(reporter, "training", total, "iterations", done=done)
         history.append(point)
         reporter.metrics(epoch + 1, {k: v for k, v in point.items() if k != "epoch"})
         reporter.log("epoch {epoch}: loss {loss:.4f} train@1 {train_top1:.2f}".format(**point)

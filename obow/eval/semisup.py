@@ -30,7 +30,7 @@ from obow.eval.common import (
 from obow.eval.linear import LinearHead
 from obow.eval.loop import train_classifier
 from obow.eval.splits import balanced_split, read_split, split_file_name, write_split
-from obow.reporting import Reporter
+from obow.reporting import NullReporter, Reporter, start_phase
 
 
 class FineTuneNet(nn.Module):
@@ -43,15 +43,21 @@ class FineTuneNet(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, data, device: torch.device) -> dict[str, float]:
+def evaluate_model(model: nn.Module, data, device: torch.device,
+                   reporter: Reporter | None = None) -> dict[str, float]:
+    """Top-1/top-5 on the test loader; a phase "testing" (in images) when a reporter is given."""
+    reporter = reporter or NullReporter()
     was_training = model.training
     model.eval()
     hits, seen = {1: 0, 5: 0}, 0
+    total = len(data.dataset)
+    start_phase(reporter, "testing", total, "images")
     for images, labels in data:
         logits = model(images.to(device, non_blocking=True))
         for k, n in topk_correct(logits, labels.to(device)).items():
             hits[k] += n
         seen += len(labels)
+        reporter.progress(seen, total)
     model.train(was_training)
     return {"top1": 100.0 * hits[1] / seen, "top5": 100.0 * hits[5] / seen}
 
@@ -101,7 +107,7 @@ def run_semisup(spec: SemisupSpec, out_dir: Path, reporter: Reporter) -> dict[st
             yield images.to(device, non_blocking=True), labels.to(device)
 
     history = train_classifier(model, optimizer, batches, steps_per_epoch, spec, set_lr,
-                               lambda: evaluate_model(model, test_data, device), reporter)
+                               lambda: evaluate_model(model, test_data, device, reporter), reporter)
     final = history[-1]
     result = {"checkpoint": spec.checkpoint, "top1": final["top1"], "top5": final["top5"],
               "labelled_images": len(labelled), "split": split_name, "test_images": len(test_src),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from obow.errors import ConfigError, DataError
 from obow.eval.common import load_eval_backbone, loader, open_split, write_results
 from obow.eval.splits import image_names
 from obow.models.features import extract_features
-from obow.reporting import Reporter, check_stop
+from obow.reporting import Reporter, check_stop, start_phase
 
 
 def _as_ranking_input(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -107,8 +108,9 @@ def _fit(model, x: np.ndarray, y: np.ndarray):
 
 
 def choose_cost(x: np.ndarray, y: np.ndarray, costs: list[float], folds: int, seed: int,
-                max_iter: int) -> tuple[float, dict[float, float]]:
-    """(best cost, mean cross-validated AP per cost); ties go to the smaller cost."""
+                max_iter: int, on_fit: Callable[[], None] | None = None) -> tuple[float, dict[float, float]]:
+    """(best cost, mean cross-validated AP per cost); ties go to the smaller cost. `on_fit()` after each
+    of the costs × folds fits (progress)."""
     from sklearn.model_selection import StratifiedKFold
 
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -118,6 +120,8 @@ def choose_cost(x: np.ndarray, y: np.ndarray, costs: list[float], folds: int, se
         for fit_idx, held_idx in splitter.split(x, y):
             model = _fit(_svm(cost, max_iter, seed), x[fit_idx], y[fit_idx])
             aps.append(average_precision(model.decision_function(x[held_idx]), y[held_idx]))
+            if on_fit is not None:
+                on_fit()
         cv[cost] = float(np.nanmean(aps))
     best = max(costs, key=lambda c: (cv[c], -c))
     return best, cv
@@ -178,26 +182,38 @@ def run_svm(spec: SvmSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:
         raise DataError(f"{len(too_few)} classes have fewer than folds={spec.folds} positive or negative training "
                         f"images (first: {too_few[0]}); lower --folds or add images")
     transform = eval_transform(spec.resize, spec.size, spec.mean, spec.std)
+    fitting = ("SVM fits", len(classes) * (len(spec.costs) * spec.folds + 1), "fits")
     x_train = extract_features(backbone, loader(ViewDataset(train_src, transform), spec, False), device,
-                               progress=False)[0].numpy()
+                               progress=False, reporter=reporter, label="train features",
+                               upcoming=[("test features", len(test_src), "images"), fitting])[0].numpy()
     check_stop(reporter)
     x_test = extract_features(backbone, loader(ViewDataset(test_src, transform), spec, False), device,
-                              progress=False)[0].numpy()
+                              progress=False, reporter=reporter, label="test features",
+                              upcoming=[fitting])[0].numpy()
     x_train, x_test = normalise_features(x_train.astype(np.float64), x_test.astype(np.float64), spec.normalize)
     per_class, rows = [], []
+    start_phase(reporter, *fitting)
+    fits = 0
+
+    def on_fit() -> None:
+        nonlocal fits
+        fits += 1
+        reporter.progress(fits, fitting[1])
+        check_stop(reporter)
+
     for c, name in enumerate(classes):
         check_stop(reporter)
         used, tested = y_train[:, c] >= 0, y_test[:, c] >= 0
         x_fit, y_fit = x_train[used], y_train[used, c]
-        best, cv = choose_cost(x_fit, y_fit, spec.costs, spec.folds, spec.seed, spec.max_iter)
+        best, cv = choose_cost(x_fit, y_fit, spec.costs, spec.folds, spec.seed, spec.max_iter, on_fit)
         model = _fit(_svm(best, spec.max_iter, spec.seed), x_fit, y_fit)
+        on_fit()
         scores, truth = model.decision_function(x_test[tested]), y_test[tested, c]
         ap, ap_int, ap11 = average_precision(scores, truth), interpolated_ap(scores, truth), voc07_ap(scores, truth)
         per_class.append({"class": name, "cost": best, "cv_ap": cv[best] * 100, "ap": ap * 100,
                           "ap_interpolated": ap_int * 100, "ap_voc07_11pt": ap11 * 100,
                           "cv": {str(k): v * 100 for k, v in cv.items()}})
         rows.append((name, best, cv[best] * 100, ap * 100, ap_int * 100, ap11 * 100))
-        reporter.progress(c + 1, len(classes))
     valid = [p for p in per_class if not np.isnan(p["ap"])]
     if not valid:
         raise DataError(f"no class has a positive image in the {spec.test_split} split; mAP is undefined")

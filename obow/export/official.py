@@ -102,7 +102,7 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
     """Validate a foreign file completely, then write its OBoW Lab version atomically to `dst`.
 
     Returns what was made: `kind` ("training" or "backbone"), `layout` (what the file was), `arch`,
-    `levels`, `path`, `sha256`, `size`.
+    `small_stem`, `width` (what the lab checks export formats against), `levels`, `path`, `sha256`, `size`.
     """
     path, dst = Path(path), Path(dst)
     payload = load_file(path)
@@ -112,7 +112,10 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
         layout = str(payload["format"])
         arch = out["arch"] if kind == "backbone" else out["spec"]["model"]["feature_extractor_arch"]
         levels = [] if kind == "backbone" else list(out["spec"]["model"]["bow_levels"])
-        result = {"kind": kind, "arch": arch, "levels": levels}
+        opts = {} if kind == "backbone" else out["spec"]["model"].get("feature_extractor_opts", {})
+        stem = out.get("small_stem", False) if kind == "backbone" else opts.get("small_stem", False)
+        width = out.get("width", 1.0) if kind == "backbone" else opts.get("width", 1.0)
+        result = {"kind": kind, "arch": arch, "levels": levels, "small_stem": bool(stem), "width": float(width)}
     else:
         found = foreign_state(payload, path)
         state, layout, epoch = found.state, found.layout, epoch_of(found.envelope, path)
@@ -132,7 +135,9 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
                 "rng": None,
                 "imported_from": source,
             }
-            result = {"kind": "training", "arch": spec.model.feature_extractor_arch, "levels": spec.model.bow_levels}
+            opts = spec.model.feature_extractor_opts
+            result = {"kind": "training", "arch": spec.model.feature_extractor_arch, "levels": spec.model.bow_levels,
+                      "small_stem": opts.small_stem, "width": opts.width}
         else:
             fc = None
             if layout == OFFICIAL_FEATURE_EXTRACTOR:
@@ -145,6 +150,7 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
                     f"'{path}': fc.weight has shape {list(fc['weight'].shape)}, expected [K, {backbone.out_dim}]"
                 )
             out = backbone_payload(backbone, source, fc)
-            result = {"kind": "backbone", "arch": backbone.arch, "levels": []}
+            result = {"kind": "backbone", "arch": backbone.arch, "levels": [],
+                      "small_stem": backbone.small_stem, "width": backbone.width}
     save_atomic(out, dst)
     return {**result, "layout": layout, "path": str(dst), "sha256": sha256_of(dst), "size": dst.stat().st_size}

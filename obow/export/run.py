@@ -20,7 +20,7 @@ from obow.io.checkpoint import BACKBONE_FORMAT, PRETRAIN_FORMAT, load_file
 from obow.io.layouts import OFFICIAL_MODEL, drop_module_prefix, map_official_model, unwrap
 from obow.models.loading import LoadedBackbone, load_backbone
 from obow.models.obow import OBoW, build_obow
-from obow.reporting import Reporter
+from obow.reporting import Reporter, start_phase
 
 
 def full_model(path: Path, loaded: LoadedBackbone) -> OBoW | None:
@@ -57,7 +57,7 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     Either every file of the export (weights, Detectron2 settings, JSON sidecar) is written, or none.
     """
     source = Path(spec.checkpoint)
-    reporter.progress(0, 3)
+    start_phase(reporter, "exporting", 3, "steps")
     exporter = EXPORTERS[spec.format]
     loaded = load_backbone(source)
     backbone = loaded.backbone
@@ -66,7 +66,7 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     fc = None
     if "no_fc" in exporter.facts.options and not spec.no_fc:  # a format that can leave the fc out carries one
         fc = bow_classifier(source, loaded)
-    reporter.progress(1, 3)
+    reporter.progress(1, 3)  # loaded
     epoch = loaded.epoch if loaded.epoch is not None else 0
     num_words = None if fc is None else int(fc[0].shape[0])
     name = spec.output_name or exporter.default_name(spec, backbone.arch, epoch, num_words)
@@ -76,6 +76,7 @@ def run_export(spec: ExportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     if source.resolve() in (path.resolve(), sidecar.resolve()):
         raise ConfigError(f"the export would overwrite its source '{source}'; choose another output name")
     source_sha = sha256_of(source)
+    reporter.progress(2, 3)  # hashed
     job = writers.ExportJob(spec, path, loaded, fc, source_sha, reporter)
     try:
         info = exporter.write(job)
@@ -116,7 +117,9 @@ def run_import(spec: ImportSpec, out_dir: Path, reporter: Reporter) -> dict[str,
     """Convert an uploaded official OBoW / torchvision file into an OBoW Lab checkpoint in `out_dir`."""
     source = Path(spec.path)
     name = spec.name or imported_name(source)
+    start_phase(reporter, "importing", 1, "files")
     result = import_checkpoint(source, Path(out_dir) / name)
+    reporter.progress(1, 1)
     kind = "checkpoint" if result["kind"] == "training" else "backbone"
     reporter.artifact(Path(result["path"]), kind, {**result, "format": PRETRAIN_FORMAT if kind == "checkpoint"
                                                     else BACKBONE_FORMAT})

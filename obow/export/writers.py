@@ -23,6 +23,7 @@ from obow.config.export import ExportSpec
 from obow.errors import ConfigError
 from obow.export.names import caffe2_blob_name, detectron2_name
 from obow.io.atomic import save_atomic, write_atomic, write_text_atomic
+from obow.io.export_formats import backbone_error
 from obow.models.backbone import ResNetBackbone
 from obow.models.loading import LoadedBackbone
 from obow.reporting import Reporter
@@ -58,11 +59,9 @@ def legacy_numpy_pickle(obj: object) -> bytes:
 
 def require_stock_resnet(backbone: ResNetBackbone, fmt: str) -> None:
     """torchvision, Caffe2 and Detectron2 readers build a standard ResNet and load into it by name."""
-    if backbone.small_stem or backbone.width != 1.0:
-        raise ConfigError(
-            f"{fmt} export needs a standard ResNet (7x7 stem, width 1.0); this backbone has "
-            f"small_stem={backbone.small_stem}, width={backbone.width}: export it as safetensors instead"
-        )
+    problem = backbone_error(fmt, backbone.small_stem, backbone.width)
+    if problem:
+        raise ConfigError(problem)
 
 
 def torchvision_state(

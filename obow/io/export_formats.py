@@ -64,6 +64,20 @@ def option_error(fmt: str, option: str) -> str | None:
     return f"{option} does not apply to format '{fmt}'; it applies to {', '.join(formats_honouring(option))} only"
 
 
+def backbone_error(fmt: str, small_stem: bool, width: float) -> str | None:
+    """Why a backbone with this stem and width cannot be exported as `fmt`, or None when it can. The
+    torchvision, Caffe2 and Detectron2 readers build a stock ResNet and load into it by name, so they have
+    no place for a 3x3 small-image stem or other channel widths. Torch-free: the lab's server asks it at
+    submit (from the parent's spec) and its form greys out the formats it refuses."""
+    if not EXPORT_FORMATS[fmt].needs_stock_resnet or (not small_stem and float(width) == 1.0):
+        return None
+    able = ", ".join(name for name, f in EXPORT_FORMATS.items() if not f.needs_stock_resnet)
+    return (
+        f"{fmt} export needs a standard ResNet (7x7 stem, width 1.0); this backbone has "
+        f"small_stem={small_stem}, width={width}: export it as {able} instead"
+    )
+
+
 def export_file_suffixes() -> set[str]:
     """The last suffix (`Path.suffix`) of every format's file names, for telling a file from a folder."""
     return {"." + ending.rsplit(".", 1)[-1] for fmt in EXPORT_FORMATS.values() for ending in fmt.suffixes}

@@ -9,11 +9,15 @@ protocol for self-supervised features.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from obow.models.backbone import ResNetBackbone
+from obow.progress import Upcoming
+from obow.reporting import Reporter, start_phase
 
 
 @torch.no_grad()
@@ -24,10 +28,14 @@ def extract_features(
     batch_size: int = 256,
     progress: bool = True,
     workers: int = 0,
+    reporter: Reporter | None = None,
+    label: str = "extracting features",
+    upcoming: Upcoming = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Global-pooled block4 features [N, C] (float32, CPU) and labels [N] of a labelled dataset, in order.
 
     The backbone is put in eval mode (BN running statistics) and restored to its previous mode after.
+    With a `reporter`, the pass is a phase called `label`, counted in images and reported per batch.
     """
     loader = dataset if isinstance(dataset, DataLoader) else DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers
@@ -36,7 +44,11 @@ def extract_features(
     backbone.eval()
     feats, labels = [], []
     iterator = loader
-    if progress:
+    total = len(loader.dataset)  # type: ignore[arg-type]
+    done = 0
+    if reporter is not None:
+        start_phase(reporter, label, total, "images", upcoming=upcoming)
+    elif progress:
         from tqdm import tqdm
 
         iterator = tqdm(loader, desc="features", unit="batch", leave=False)
@@ -45,6 +57,9 @@ def extract_features(
             out = backbone(images.to(device, non_blocking=True), taps=("pooled",))["pooled"]
             feats.append(out.float().cpu())
             labels.append(torch.as_tensor(targets))
+            done += len(out)
+            if reporter is not None:
+                reporter.progress(done, total)
     finally:
         backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
@@ -58,8 +73,10 @@ def knn_predict(
     temperature: float,
     num_classes: int,
     chunk: int = 1024,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Class scores [N_test, num_classes]; test features are processed in chunks to bound memory."""
+    """Class scores [N_test, num_classes]; test features are processed in chunks to bound memory.
+    `on_chunk(n)` is told the number of queries of each chunk done (progress of a long scoring)."""
     if k < 1 or k > len(train_feats):
         raise ValueError(f"k must be between 1 and the number of training features ({len(train_feats)}), got {k}")
     bank = F.normalize(train_feats.float(), dim=1)
@@ -72,6 +89,8 @@ def knn_predict(
         votes = torch.zeros(len(sims), num_classes)
         votes.scatter_add_(1, train_labels[top_idx].long(), weights)
         scores.append(votes)
+        if on_chunk is not None:
+            on_chunk(len(sims))
     return torch.cat(scores)
 
 
@@ -83,8 +102,9 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
     num_classes: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> float:
     """Top-1 accuracy in percent."""
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    scores = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes)
+    scores = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes, on_chunk=on_chunk)
     return float((scores.argmax(1) == test_labels.long()).float().mean() * 100)

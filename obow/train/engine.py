@@ -32,7 +32,7 @@ from obow.io.checkpoint import FORMAT_VERSION, PRETRAIN_FORMAT, load_training_ch
 from obow.models.health import UsageWindow, mean_queue_age
 from obow.models.obow import OBoW, build_obow
 from obow.procs import exit_with_parent
-from obow.reporting import NullReporter, Reporter
+from obow.reporting import NullReporter, Reporter, start_phase
 from obow.train.checkpoint import checkpoint_name, list_checkpoints, usable_checkpoint
 from obow.train.data import PretrainData, build_pretrain_data
 from obow.train.schedules import fitted_learning_rate, learning_rate, steps_within_budget
@@ -327,7 +327,7 @@ class Trainer:
         probe: dict[str, float] = {"first_step": st.global_iteration}
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=spec.runtime.precision == "bf16")
         last_values: dict[str, float] = {}
-        rep.progress(st.global_iteration, self._total_iterations())
+        start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
         self.network.train()
         while st.epoch < spec.optim.num_epochs and not self._schedule_done():
             epoch = st.epoch
@@ -353,6 +353,9 @@ class Trainer:
                 window.add(values)
                 epoch_meter.add(values)
                 self._report_health()
+                if self.rank == 0:
+                    # per step: the ETA's rate, no silent phase
+                    rep.progress(st.global_iteration, self._total_iterations())
                 window_images += teacher.shape[0] * self.world
                 if st.global_iteration % spec.runtime.print_freq == 0 or st.iteration_in_epoch == self.iters_per_epoch:
                     elapsed = time.perf_counter() - window_start
@@ -392,6 +395,9 @@ class Trainer:
             st.iteration_in_epoch = 0
             summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
             summary.update(self.epoch_end_monitors(st.epoch, final=self._schedule_done()))
+            if self.rank == 0 and st.epoch < spec.optim.num_epochs and not self._schedule_done():
+                # back from a monitor's phases
+                start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
             if self.rank == 0:
                 rep.metrics(st.global_iteration, summary)
                 rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
@@ -432,7 +438,7 @@ class Trainer:
             return {}
         from obow.train.monitor import knn_monitor
 
-        return knn_monitor(self.model.student, self.spec, self.device)
+        return knn_monitor(self.model.student, self.spec, self.device, self.reporter)
 
 
 def check_ranks_agree(model: OBoW, reporter: Reporter, when: str) -> None:

@@ -14,6 +14,7 @@ from obow.data.sources import open_dataset
 from obow.data.views import ViewDataset
 from obow.models.backbone import ResNetBackbone
 from obow.models.features import extract_features, knn_accuracy
+from obow.reporting import Reporter
 
 
 def _subset(n: int, size: int, seed: int) -> list[int]:
@@ -21,7 +22,10 @@ def _subset(n: int, size: int, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[: min(size, n)].tolist())
 
 
-def knn_monitor(student: ResNetBackbone, spec: PretrainSpec, device: torch.device) -> dict[str, float]:
+def knn_monitor(
+    student: ResNetBackbone, spec: PretrainSpec, device: torch.device, reporter: Reporter | None = None
+) -> dict[str, float]:
+    """kNN top-1 of the student on fixed subsets; its two feature passes are phases of the reporter's run."""
     d, r = spec.data, spec.runtime
     if d.val_split == "none":
         return {}
@@ -31,7 +35,9 @@ def knn_monitor(student: ResNetBackbone, spec: PretrainSpec, device: torch.devic
     bank = ViewDataset(train, transform, _subset(len(train), r.knn_monitor_train_size, r.seed))
     queries = ViewDataset(held_out, transform, _subset(len(held_out), r.knn_monitor_test_size, r.seed + 1))
     # extract_features runs the student in eval mode and gives it back in the mode it found it
-    bank_x, bank_y = extract_features(student, bank, device, batch_size=256, progress=False)
-    query_x, query_y = extract_features(student, queries, device, batch_size=256, progress=False)
+    bank_x, bank_y = extract_features(student, bank, device, batch_size=256, progress=False, reporter=reporter,
+                                      label="kNN monitor: bank features")
+    query_x, query_y = extract_features(student, queries, device, batch_size=256, progress=False,
+                                        reporter=reporter, label="kNN monitor: query features")
     acc = knn_accuracy(bank_x, bank_y, query_x, query_y, k=20, temperature=0.07, num_classes=train.num_classes)
     return {"knn_acc@1": acc}

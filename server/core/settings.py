@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         5.0, ge=0, validation_alias=AliasChoices("OBOW_LAB_CANCEL_GRACE_S")
     )
     isolate_runs: bool = Field(True, validation_alias=AliasChoices("OBOW_LAB_ISOLATE_RUNS"))
+    # a running attempt samples CPU/memory of its processes and its GPUs this often (`sys/...` metrics);
+    # 0 turns the sampler off
+    system_metrics_s: float = Field(
+        5.0, ge=0, le=3600, validation_alias=AliasChoices("OBOW_LAB_SYSTEM_METRICS_S")
+    )
     db_pool_size: int | None = Field(
         None, gt=0, validation_alias=AliasChoices("OBOW_LAB_DB_POOL_SIZE")
     )  # PostgreSQL connections the API keeps open (server.core.db.PG_POOL_SIZE when unset)

@@ -335,5 +335,9 @@ def retry(session: Session, old: Run) -> Run:
         parent_id=old.parent_id,
         retry_of_id=old.id,
         queue=old.queue,
+        tags=list(old.tags or []),  # filed where the old one was
+        note=old.note or "",
+        project=old.project or "",
+        launched_by=old.launched_by,
     )
     return create(session, run, cause=f"retry of run {old.id}")

@@ -56,6 +56,7 @@ def run_state(run: Run) -> dict[str, Any]:
         "cancel_requested": run.cancel_requested,
         "progress_done": run.progress_done,
         "progress_total": run.progress_total,
+        "phase": run.phase,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "error": run.error,

@@ -19,7 +19,12 @@ from server.services import runs as runs_service
 
 
 async def create_import(
-    session: Session, chunks: AsyncIterator[bytes], name: str, settings: Settings, enqueue
+    session: Session,
+    chunks: AsyncIterator[bytes],
+    name: str,
+    settings: Settings,
+    enqueue,
+    launched_by: str | None = None,
 ) -> Run:
     if "import" not in kinds_service.kinds():
         raise invalid(("body",), "this installation has no 'import' run kind")
@@ -46,6 +51,7 @@ async def create_import(
             spec=spec,
             parent_id=None,
             queue=kinds_service.queue_for("import"),
+            launched_by=launched_by,
         )
         session.add(run)
         session.flush()

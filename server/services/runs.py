@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from obow.config import list_presets, preset_dict
+from obow.config.eval_defaults import inherit_view
 from obow.config.presets import deep_update
 from obow.errors import ConfigError
 from server.core import artifacts as artifact_store
@@ -25,6 +26,7 @@ from server.core.paths import path_errors
 from server.core.settings import Settings
 from server.core.text import clean_text
 from server.schemas import RunCreate
+from server.services import search as search_service
 
 Enqueue = Callable[[Run], str]
 
@@ -46,17 +48,62 @@ def list_runs(
     parent_id: int | None = None,
     limit: int = 50,
     offset: int = 0,
+    q: str | None = None,
+    sort: str | None = None,
+    top_level: bool = False,
 ) -> tuple[list[Run], int]:
-    query = select(Run).options(defer(Run.spec))  # lists never show it: a spec is read on demand only
+    """A page of runs and how many match. `q` is the query language of `server.services.search`
+    (archived runs are hidden unless it asks for them, or a parent's children are listed); `top_level`
+    keeps runs without a parent and counts each one's children (`Run.child_count`)."""
+    dialect = session.get_bind().dialect.name
+    search = search_service.parse(q, dialect)
+    where = [search_service.combine(search)] if parent_id is None or q else []
     if state:
-        query = query.where(Run.state.in_(state.split(",")))
+        where.append(Run.state.in_(state.split(",")))
     if kind:
-        query = query.where(Run.kind.in_(kind.split(",")))
+        where.append(Run.kind.in_(kind.split(",")))
     if parent_id is not None:
-        query = query.where(Run.parent_id == parent_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)).all()
-    return list(items), total
+        where.append(Run.parent_id == parent_id)
+    if top_level:
+        where.append(Run.parent_id.is_(None))
+    key = search_service.sort_key(sort, dialect)
+    if key is None:
+        # newest first: the page walks the primary key backwards and stops after `limit` matches; the
+        # total is one count (index-only where the filters allow)
+        page = session.execute(select(Run.id).where(*where).order_by(Run.id.desc()).limit(limit).offset(offset)).all()
+        total = session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
+    else:
+        # Sorted by a value: one scan finds the page's ids and the total (a search reads every run's JSON
+        # once, not twice); the rows themselves are then read by id. The scan's output is only (id, sort
+        # value): `OFFSET 0` keeps PostgreSQL from flattening it, which would carry each run's whole spec
+        # into the count and the sort. Past the end there is no row to carry the total.
+        scan = select(Run.id.label("id"), key[0].label("k")).where(*where).offset(0).subquery()
+        page = session.execute(
+            select(scan.c.id, func.count().over())
+            .order_by((scan.c.k.desc() if key[1] else scan.c.k.asc()).nulls_last(), scan.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        if page:
+            total = page[0][1]
+        else:
+            total = session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
+    ids = [row[0] for row in page]
+    # lists never show the spec or the note: read on demand only
+    found = {
+        run.id: run
+        for run in session.scalars(select(Run).options(defer(Run.spec), defer(Run.note)).where(Run.id.in_(ids)))
+    }
+    items = [found[i] for i in ids if i in found]
+    if top_level and ids:
+        counts = dict(
+            session.execute(
+                select(Run.parent_id, func.count()).where(Run.parent_id.in_(ids)).group_by(Run.parent_id)
+            ).all()
+        )
+        for run in items:
+            run.child_count = counts.get(run.id, 0)
+    return items, total
 
 
 def _check_strings(value: Any, loc: tuple[str | int, ...], errors: list[dict[str, Any]]) -> None:
@@ -105,10 +152,29 @@ def latest_weights(session: Session, run: Run) -> Artifact | None:
     return None
 
 
-def pinned_weights(session: Session, parent: Run, settings: Settings, tries: int = 5) -> Path:
-    """The parent's newest weights, pinned for the child (`artifacts.pin`): a still-running pretraining
-    deletes the file when it writes the next checkpoint, which must not fail the child later. If the file
-    goes between the lookup and the link, the (then newer) newest one is taken."""
+def weights_artifact(session: Session, run: Run, artifact_id: int) -> Artifact:
+    """One of `run`'s weights by id (a row's Convert button names the checkpoint it stands beside)."""
+    found = session.get(Artifact, artifact_id)
+    if found is None or found.run_id != run.id or found.kind not in WEIGHT_KINDS:
+        raise invalid(("body", "artifact_id"), f"run {run.id} has no checkpoint with artifact id {artifact_id}")
+    return found
+
+
+def pinned_weights(
+    session: Session, parent: Run, settings: Settings, tries: int = 5, artifact_id: int | None = None
+) -> Path:
+    """The parent's newest weights (or the ones `artifact_id` names), pinned for the child
+    (`artifacts.pin`): a still-running pretraining deletes the file when it writes the next checkpoint,
+    which must not fail the child later. If the newest file goes between the lookup and the link, the
+    (then newer) newest one is taken; a named one that is gone is an error naming it."""
+    if artifact_id is not None:
+        chosen = weights_artifact(session, parent, artifact_id)
+        try:
+            return artifact_store.pin(settings.artifact_root, chosen.path, chosen.sha256)
+        except (FileNotFoundError, ValueError):
+            raise invalid(
+                ("body", "artifact_id"), f"the file of artifact {artifact_id} is gone or changed; pick a newer one"
+            ) from None
     for _ in range(tries):
         weights = latest_weights(session, parent)
         if weights is None:
@@ -132,8 +198,15 @@ def runs_with_weights(session: Session, limit: int = 100) -> list[Run]:
     return list(session.scalars(select(Run).where(Run.id.in_(ids)).order_by(Run.id.desc())))
 
 
-def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dict[str, Any] | None = None) -> dict:
-    """Preset + overrides + parent's checkpoint, validated by the kind's spec class."""
+def build_spec(
+    session: Session,
+    body: RunCreate,
+    settings: Settings,
+    extra: dict[str, Any] | None = None,
+    artifact_id: int | None = None,
+) -> dict:
+    """Preset + overrides + parent's checkpoint (its newest, or `artifact_id`), validated by the kind's
+    spec class."""
     if body.kind not in kinds_service.kinds():
         raise invalid(
             ("body", "kind"), f"unknown run kind '{body.kind}'; known: {', '.join(kinds_service.kinds())}"
@@ -174,7 +247,8 @@ def build_spec(session: Session, body: RunCreate, settings: Settings, extra: dic
             raise invalid(("body", "parent_id"), f"run {body.parent_id} does not exist")
         if weights_field is None:
             raise invalid(("body", "parent_id"), f"a '{body.kind}' run does not start from a parent")
-        data[weights_field] = str(pinned_weights(session, parent, settings))
+        data = inherit_view(body.kind, parent.kind, parent.spec, data)  # the parent's data and view
+        data[weights_field] = str(pinned_weights(session, parent, settings, artifact_id=artifact_id))
     elif weights_field is not None and cls.model_fields[weights_field].is_required():
         raise invalid(("body", "parent_id"), f"a '{body.kind}' run needs parent_id (a run with a checkpoint)")
 
@@ -214,15 +288,24 @@ def create_run(
     settings: Settings,
     enqueue: Enqueue,
     extra: dict[str, Any] | None = None,
+    artifact_id: int | None = None,
+    name: str | None = None,
+    launched_by: str | None = None,
 ) -> Run:
-    spec = build_spec(session, body, settings, extra)
+    """`name`: the service's default name (the user's `body.name` wins); `launched_by`: who asked for it
+    (the API token's name, `sweep #N`), never taken from the body."""
+    spec = build_spec(session, body, settings, extra, artifact_id)
     run = Run(
         kind=body.kind,
-        name=str(spec.get("name") or body.kind),
+        name=body.name or name or str(spec.get("name") or body.kind),
         preset=body.preset,
         spec=spec,
         parent_id=body.parent_id,
         queue=kinds_service.queue_for(body.kind),
+        tags=list(body.tags),
+        note=body.note,
+        project=body.project,
+        launched_by=clean_text(launched_by, 100) if launched_by else None,
     )
     return add_run_row(session, run, enqueue)
 

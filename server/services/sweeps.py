@@ -611,6 +611,7 @@ def _start_trial_run(
             spec=spec,
             parent_id=None,
             queue=kinds_service.queue_for(sweep.kind),
+            launched_by=f"sweep #{sweep.id}",
         )
         session.add(run)
         session.flush()
@@ -646,6 +647,7 @@ def _start_eval(
                 RunCreate(kind=source, spec=dict(sweep.objective.get("eval_spec") or {}), parent_id=run.id),
                 settings,
                 enqueue,
+                launched_by=f"sweep #{sweep.id}",
             )
         except Invalid as err:
             _finish_trial(session, trial, "failed", note=f"evaluation refused: {err.message}")

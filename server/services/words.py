@@ -39,13 +39,16 @@ def collapsed_levels(last_metrics: Mapping[str, Any] | None) -> list[str]:
     return sorted(out)
 
 
-def create_words(session: Session, run_id: int, body: WordsCreate, settings: Settings, enqueue) -> Run:
+def create_words(
+    session: Session, run_id: int, body: WordsCreate, settings: Settings, enqueue, launched_by: str | None = None
+) -> Run:
     runs_service.get_run(session, run_id)
     if "words" not in kinds_service.kinds():
         raise invalid(("body",), "this installation has no 'words' run kind")
     spec = body.model_dump(exclude_none=True)
     return runs_service.create_run(
-        session, RunCreate(kind="words", spec=spec, parent_id=run_id), settings, enqueue
+        session, RunCreate(kind="words", spec=spec, parent_id=run_id), settings, enqueue,
+        launched_by=launched_by,
     )
 
 

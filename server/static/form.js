@@ -15,6 +15,56 @@
   const parentSelect = document.getElementById("parent");
   const parentLabel = document.getElementById("parent-label");
   let constants = {};
+  const evalBox = document.getElementById("eval-defaults");
+  const costText = document.getElementById("cost");
+  const notesText = document.getElementById("defaults-notes");
+  // /runs/new?from_run=<id> (a sweep's "Promote best"): that run's full spec, on top of the defaults
+  const fromSpec = JSON.parse((document.getElementById("from-spec") || {}).textContent || "null");
+  let keepValues = Boolean(fromSpec); // the first render keeps the promoted spec instead of the parent's defaults
+  let costTimer = null;
+  let costSeq = 0;
+
+  function showCost(cost) {
+    evalBox.hidden = false;
+    costText.textContent = `Expected cost: ${cost.text}`;
+    costText.title = cost.parts.join(" + ");
+    costText.dataset.images = cost.images === null ? "" : String(cost.images);
+  }
+
+  // An evaluation of a run: its data, view and normalisation plus CPU-sized settings (server-side, from the
+  // parent's spec), and the expected cost of what the form holds, before launch.
+  async function loadEvaluationDefaults(apply) {
+    const kind = kindSelect.value, parent = parentSelect.value;
+    const seq = ++costSeq;
+    if (!weightsField(kind) || !parent) { evalBox.hidden = true; return; }
+    const result = await Lab.api("GET", `/runs/${encodeURIComponent(parent)}/evaluation-defaults?kind=${encodeURIComponent(kind)}`);
+    if (seq !== costSeq) return; // the kind or the parent changed meanwhile
+    if (!result.ok) { evalBox.hidden = true; return; } // not an evaluation kind (export, words)
+    if (apply) applyValues(result.data.spec, "");
+    notesText.textContent = result.data.notes.join(" · ");
+    showCost(result.data.cost);
+    if (!apply) refreshCost();
+  }
+
+  function quietSpec() {
+    const spec = {};
+    for (const [path, value] of Object.entries(constants)) setNested(spec, path, value);
+    form.querySelectorAll("[data-mode]").forEach((input) => {
+      try { const value = readInput(input); if (value !== undefined) setNested(spec, input.dataset.path, value); }
+      catch (_) { /* shown by the inline check */ }
+    });
+    return spec;
+  }
+
+  async function refreshCost() {
+    if (evalBox.hidden || !parentSelect.value) return;
+    const seq = ++costSeq;
+    const result = await Lab.api("POST", `/runs/${encodeURIComponent(parentSelect.value)}/evaluation-cost`,
+      { kind: kindSelect.value, spec: quietSpec() });
+    if (seq !== costSeq) return;
+    if (result.ok) showCost(result.data);
+    else costText.textContent = `Expected cost: unknown until the fields are valid (${Lab.errorText(result)})`;
+  }
 
   function resolve(node, root) {
     while (node && node.$ref) node = root.$defs[node.$ref.split("/").pop()];
@@ -90,6 +140,51 @@
       wrap.insertAdjacentHTML("beforeend", `${help}<div class="field-error" data-error-for="${fieldPath}"></div>`);
       container.appendChild(wrap);
     }
+  }
+
+  // The few fields people change, by their last path segment (any kind), in this order and with these
+  // names; everything else goes into the folded "Advanced" section, in its original nesting.
+  const BASIC = {
+    name: "Name", dataset: "Dataset", dataset_name: "Dataset", data_dir: "Data directory", num_epochs: "Epochs",
+    epochs: "Epochs", batch_size: "Batch size", lr: "Learning rate", num_processes: "GPUs (processes)",
+  };
+  const BASIC_ORDER = Object.keys(BASIC);
+  const lastPart = (input) => input.dataset.path.split(".").pop();
+
+  function groupFields() {
+    const inputs = [...fields.querySelectorAll("[data-mode]")];
+    const basic = inputs.filter((i) => lastPart(i) in BASIC)
+      .sort((a, b) => BASIC_ORDER.indexOf(lastPart(a)) - BASIC_ORDER.indexOf(lastPart(b)));
+    if (!basic.length || basic.length === inputs.length) return; // nothing to fold away
+    const basicBox = document.createElement("div");
+    basicBox.id = "basic-fields";
+    for (const input of basic) {
+      const wrap = input.closest(".field");
+      const label = wrap.querySelector("label");
+      label.textContent = BASIC[lastPart(input)];
+      if (input.dataset.path.includes(".")) label.insertAdjacentHTML("beforeend", `<span class="path">${Lab.esc(input.dataset.path)}</span>`);
+      basicBox.appendChild(wrap);
+    }
+    const advanced = document.createElement("details");
+    advanced.className = "advanced";
+    advanced.id = "advanced";
+    advanced.innerHTML = "<summary>Advanced</summary>";
+    while (fields.firstChild) advanced.appendChild(fields.firstChild);
+    // a section whose fields all moved up stays (its defaults apply) but shows nothing
+    advanced.querySelectorAll("fieldset").forEach((set) => { set.hidden = !set.querySelector("[data-mode]"); });
+    fields.append(basicBox, advanced);
+  }
+
+  // After a refused launch: the first field with an error (in page order) is scrolled to and focused,
+  // the Advanced section opened if it is in there; errors no field holds, the summary.
+  function revealFirstError() {
+    const slot = [...form.querySelectorAll(".field-error")].find((e) => e.textContent);
+    const target = slot ? slot.closest(".field") || slot.closest("fieldset") || slot : formError;
+    const folded = target.closest("details");
+    if (folded) folded.open = true;
+    target.scrollIntoView({ block: "center" });
+    const input = slot && target.querySelector("[data-mode]");
+    if (input) input.focus({ preventScroll: true });
   }
 
   function setInput(input, value) {
@@ -212,11 +307,14 @@
     fields.innerHTML = "";
     clearErrors();
     buildFields(fields, schema, schema, "");
+    groupFields();
     presetLabel.hidden = kind !== "pretrain";
     parentLabel.hidden = !weightsField(kind);
     if (kind !== "pretrain") presetSelect.value = "";
     resetDefaults();
     if (presetSelect.value) applyPreset();
+    loadEvaluationDefaults(!keepValues);
+    keepValues = false;
   }
 
   // validate as you type (not on blur: a layout change under the pointer would swallow the click on Launch)
@@ -227,17 +325,27 @@
     if (slot) slot.textContent = "";
     input.closest(".field").classList.remove("invalid");
     try { readInput(input); } catch (err) { showError(input.dataset.path, err.message); }
+    clearTimeout(costTimer);
+    costTimer = setTimeout(refreshCost, 300);
   });
+  form.addEventListener("change", () => { clearTimeout(costTimer); costTimer = setTimeout(refreshCost, 300); });
+  parentSelect.addEventListener("change", () => loadEvaluationDefaults(true));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors();
     const spec = collect();
-    if (spec === null) { summary("Fix the fields marked in red."); return; }
+    if (spec === null) { summary("Fix the fields marked in red."); revealFirstError(); return; }
     const body = { kind: kindSelect.value, spec };
     if (presetSelect.value) body.preset = presetSelect.value;
+    const project = document.getElementById("run-project").value.trim();
+    const tags = document.getElementById("run-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+    const note = document.getElementById("run-note").value;
+    if (project) body.project = project;
+    if (tags.length) body.tags = tags;
+    if (note.trim()) body.note = note;
     if (!parentLabel.hidden) {
-      if (!parentSelect.value) { summary("Choose the run to start from."); return; }
+      if (!parentSelect.value) { summary("Choose the run to start from."); parentSelect.focus(); return; }
       body.parent_id = Number(parentSelect.value);
     }
     const button = document.getElementById("launch");
@@ -254,12 +362,11 @@
     } else {
       summary(Lab.errorText(result));
     }
+    revealFirstError();
   });
 
   kindSelect.addEventListener("change", render);
   presetSelect.addEventListener("change", () => { clearErrors(); applyPreset(); });
   render();
-  // /runs/new?from_run=<id> (a sweep's "Promote best"): that run's full spec, on top of the defaults
-  const fromSpec = JSON.parse((document.getElementById("from-spec") || {}).textContent || "null");
   if (fromSpec) applyValues(fromSpec, "");
 })();

@@ -15,9 +15,19 @@ const Lab = {
     } catch (_) { // the server is down or restarting: a failed result, not an unhandled rejection
       return { ok: false, status: 0, data: { detail: "the server cannot be reached; try again" } };
     }
+    if (response.status === 401) Lab.loginAgain();
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
     return { ok: response.ok, status: response.status, data };
+  },
+
+  // The session ended (expired, logged out in another tab, its token revoked): go to the login page,
+  // which brings the user back here, instead of leaving a page that fails every refresh.
+  loginAgain() {
+    if (Lab.leaving) return;
+    Lab.leaving = true;
+    const here = window.location.pathname + window.location.search;
+    window.location.assign("/login?next=" + encodeURIComponent(here));
   },
 
   errorText(result) {
@@ -59,7 +69,14 @@ const Lab = {
   },
   terminal(state) { return ["succeeded", "failed", "cancelled"].includes(state); },
 
-  // The number a runs list shows: an accuracy if there is one, else the loss, else anything.
+  // The number a runs list shows: the kind's headline (the server's table: a linear probe's test top-1,
+  // a kNN's top-1), else for kinds without one an accuracy among the latest metrics, else the loss.
+  headline(run) {
+    const h = run.headline;
+    if (h) return `${h.label} ${h.unit === "%" ? h.value.toFixed(2) + "%" : Lab.num(h.value)}`;
+    return Lab.keyMetric(run.last_metrics);
+  },
+
   keyMetric(last) {
     const keys = Object.keys(last || {});
     const pick = keys.find((k) => /knn/i.test(k)) || keys.find((k) => /acc|top1/i.test(k))

@@ -91,7 +91,10 @@ def test_run_words_on_a_trained_checkpoint(tiny_checkpoint, tmp_path: Path):
     ids = [p["image_id"] for p in index["words"][0]["patches"]]
     assert len(set(ids)) == len(ids) and all(0 <= i < 64 for i in ids)  # distinct images of the pass
     assert {kind for _, kind, _ in rep.artifacts} == {"words", "words-index"}
-    assert rep.last_progress == (128, 128)
+    # per level: its patches, then its sheet; each phase resumes where the previous level left it
+    assert rep.phases() == ["collecting patches", "writing gallery"] * 2
+    last = {label: (done, total) for _, label, done, total in rep.progress_log}
+    assert last == {"collecting patches": (128, 128), "writing gallery": (2, 2)}  # each phase ran to its end
 
 
 def test_run_words_bad_input(tiny_checkpoint, tmp_path: Path):

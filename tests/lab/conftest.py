@@ -37,6 +37,16 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[2]
 # Host names the in-process apps answer: TestClient's own ("testserver") and the defaults
 TEST_HOSTS = "testserver,localhost,127.0.0.1,::1"
+# A tiny real pretraining: 1 epoch of 4 iterations on Fashion-MNIST, the live tests' run.
+PRETRAIN = {
+    "kind": "pretrain",
+    "preset": "FashionMNIST/tiny",
+    "spec": {
+        "optim": {"num_epochs": 1},
+        "data": {"epoch_size": 64, "batch_size": 16},
+        "runtime": {"print_freq": 1, "workers": 0, "device": "cpu"},
+    },
+}
 
 # The library's own kinds, before the fakes replace export/import for the in-process API tests (whose
 # fake trainer writes JSON "checkpoints"); live tests put the real ones back, as their worker has them.
@@ -137,6 +147,9 @@ def lab(backend, migrated, tmp_path, tmp_path_factory, request) -> Iterator[Lab]
         secret_key_value="test-secret",
         max_upload_mb=0.01,
         allowed_hosts_value=TEST_HOSTS,
+        # in-process runs here check exact metric bookkeeping; the worker's sys/ points are tested live
+        # (tests/lab/test_observe_live.py) and with a fake NVML (tests/lab/test_sysmetrics_provenance.py)
+        system_metrics_s=0,
     )
     recorder = Recorder()
     app = create_app(settings, enqueue=recorder, sweep_every_s=0)

@@ -65,6 +65,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     page.select_option("#kind", "pretrain")
     page.select_option("#preset", "FashionMNIST/tiny")
     expect(page.locator('[data-path="data.batch_size"]')).to_have_value("32")  # the preset's values
+    page.click("#advanced > summary")  # the fields below the basic ones are folded away
     epochs = page.locator('[data-path="optim.num_epochs"]')
     epochs.fill("0")
     expect(page.locator('[data-error-for="optim.num_epochs"]')).to_contain_text("≥ 1")  # checked as you type
@@ -83,9 +84,14 @@ def test_launch_watch_convert_download(live, page, tmp_path):
     page.click("#launch")
     expect(page.locator('[data-error-for="name"]')).to_contain_text("pattern")  # the server's 422, in place
     page.fill('[data-path="name"]', "browser-run")
+    page.fill("#run-project", "browser-tests")
+    page.fill("#run-tags", "ui, tiny ,")
     page.click("#launch")
     page.wait_for_url(re.compile(r"/runs/\d+$"))
     run_id = int(page.url.rsplit("/", 1)[1])
+    with LabClient(live.url, live.token) as client:
+        launched = client.run(run_id)
+    assert (launched["project"], launched["tags"], launched["note"]) == ("browser-tests", ["ui", "tiny"], "")
 
     page.wait_for_function("() => { const c = document.querySelector('.chart'); return c && c.plot; }")
     first = _points(page)
@@ -98,7 +104,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         "() => [...document.querySelectorAll('.chart')]"
         ".some(c => c.dataset.title === 'loss' && c.plot.data[0].length >= 16)"
     )
-    expect(page.locator("#progress-text")).to_have_text("16 / 16")
+    expect(page.locator("#progress-text")).to_have_text("Phase: training 16/16 iterations")
     # vocabulary health next to the losses: every 4 steps (health_window), temperature every step
     for title in ("words used", "usage entropy (normalised)", "queue age", "temperature μ"):
         expect(page.locator(f'.chart[data-title="{title}"]')).to_have_count(1)

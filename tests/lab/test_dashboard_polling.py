@@ -16,12 +16,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from benchmarks.serving import serve_in_thread
 from server.app import create_app
+from server.services import tokens
 from tests.lab.test_browser import ARGS, CHROMIUM
 
 DELAY_S = 5.0
@@ -138,3 +140,23 @@ def test_run_page_keeps_one_detail_request_in_flight(lab, page):
         browser = _browser_spans(page, f"/api/v1/runs/{run_id}")
     print(f"run page: {len(slow.spans)} detail requests, spans {_relative(slow.spans)}")
     _check(slow, browser, slow.spans, "run page")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_page_whose_session_ended_goes_to_the_login_page(lab, page):
+    """Revoking the token behind a dashboard session (or its expiry, or a logout in another tab) turns the
+    next refresh into a 401: the page goes to the login page, which brings the user back, instead of
+    showing 'HTTP 401' on every refresh."""
+    lab.client.post("/api/v1/runs", json={"kind": "faketrain"}, headers=lab.auth)
+    app = create_app(lab.settings, enqueue=lab.enqueue, sweep_every_s=0)
+    for url in _serve(app):
+        page.goto(f"{url}/login?next=/?state=queued")
+        page.fill('input[name="token"]', lab.token)
+        page.click('button[type="submit"]')
+        page.wait_for_selector("tr[data-run-id]", timeout=15_000)
+        with app.state.sessionmaker() as db:
+            for row in tokens.list_tokens(db):
+                tokens.revoke_token(db, row.id)
+        page.wait_for_url("**/login?next=*", timeout=15_000)
+        assert parse_qs(urlparse(page.url).query)["next"] == ["/?state=queued"]
+        assert page.locator('input[name="token"]').is_visible()

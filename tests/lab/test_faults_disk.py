@@ -23,8 +23,7 @@ import pytest
 
 from obow import runs
 from obow.io.checkpoint import load_training_checkpoint
-from tests.lab.conftest import LIBRARY_KINDS, Lab
-from tests.lab.test_integration import PRETRAIN
+from tests.lab.conftest import LIBRARY_KINDS, PRETRAIN, Lab
 from worker import tasks
 from worker.reporter import DbReporter
 

@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 
 from obow_lab_client import LabClient
-from tests.lab.conftest import Live, start_live
+from tests.lab.conftest import PRETRAIN, Live, start_live
 
 REPO = Path(__file__).resolve().parents[2]
-# A tiny real pretraining: 1 epoch of 4 iterations on Fashion-MNIST.
-PRETRAIN = {
-    "kind": "pretrain",
-    "preset": "FashionMNIST/tiny",
-    "spec": {
-        "optim": {"num_epochs": 1},
-        "data": {"epoch_size": 64, "batch_size": 16},
-        "runtime": {"print_freq": 1, "workers": 0, "device": "cpu"},
-    },
-}
 
 
 @pytest.fixture(params=["redis+postgresql", "sqlite-broker+sqlite"])

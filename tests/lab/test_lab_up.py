@@ -30,20 +30,11 @@ import pytest
 
 from obow_lab_client import LabClient
 from server.core.settings import Settings
-from tests.lab.conftest import REPO, _free_port
+from tests.lab.conftest import PRETRAIN, REPO, _free_port
 
 pytestmark = pytest.mark.slow
 
 LEASE_S = 3.0  # the heartbeat lease: workers beat every 0.75 s, `degraded` after 3 s without one
-PRETRAIN = {
-    "kind": "pretrain",
-    "preset": "FashionMNIST/tiny",
-    "spec": {
-        "optim": {"num_epochs": 1},
-        "data": {"epoch_size": 64, "batch_size": 16},
-        "runtime": {"print_freq": 1, "workers": 0, "device": "cpu"},
-    },
-}
 
 
 @dataclass

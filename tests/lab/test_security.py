@@ -54,6 +54,7 @@ PLAUSIBLE: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/v1/runs"): {"json": {"kind": "faketrain", "spec": {"steps": 2}}},
     ("post", "/api/v1/runs/{run_id}/exports"): {"json": {"format": "torchvision"}},
     ("post", "/api/v1/runs/{run_id}/words"): {"json": {}},
+    ("post", "/api/v1/runs/{run_id}/evaluation-cost"): {"json": {"kind": "knn", "spec": {}}},
     ("post", "/api/v1/sweeps"): {"json": {
         "kind": "faketrain", "space": {"lr": {"type": "choice", "values": [0.1, 0.2]}}, "method": "grid", "budget": 2,
         "objective": {"metric": "final_loss"}, "direction": "minimize",
@@ -97,9 +98,11 @@ def world(lab) -> dict[str, int]:
     }
 
 
-def _fill(path: str, world: dict[str, int]) -> str:
-    """Path parameters filled with existing ids: cancel gets a queued run, retry a cancelled one."""
+def _fill(path: str, world: dict[str, int], method: str = "get") -> str:
+    """Path parameters filled with existing ids: cancel gets a queued run, retry and delete a cancelled one
+    (a finished run without children)."""
     run = world["queued"] if path.endswith("/cancel") else world["cancelled"] if path.endswith("/retry") else None
+    run = world["cancelled"] if method == "delete" else run
     filled = path.replace("{run_id}", str(run or world["trained"])).replace("{artifact_id}", str(world["artifact"]))
     filled = filled.replace("{name}", "FashionMNIST/tiny").replace("{sweep_id}", str(world["sweep"]))
     assert "{" not in filled, f"no value for a path parameter of {path}"
@@ -120,6 +123,7 @@ def _state_changing(lab) -> list[tuple[str, str, dict[str, Any]]]:
         if kwargs is None:  # a route added later: a JSON object if it takes one, else nothing
             kwargs = {"json": {}} if "application/json" in op.get("requestBody", {}).get("content", {}) else {}
         out.append((method, path, kwargs))
+    out.sort(key=lambda route: route[0] == "delete")  # a deletion last: the routes before need its run
     assert out, "the OpenAPI document lists no state-changing route"
     assert {(m, p) for m, p, _ in out} >= KNOWN_STATE_CHANGING
     return out
@@ -218,7 +222,7 @@ def test_session_needs_the_csrf_header_on_every_state_changing_route(lab, world)
             assert response.status_code == 403, (method, path, headers, response.text)
     assert _snapshot(lab) == before
     for method, path, kwargs in routes:
-        response = _send(lab, method, _fill(path, world), kwargs, {"X-CSRF-Token": csrf})
+        response = _send(lab, method, _fill(path, world, method), kwargs, {"X-CSRF-Token": csrf})
         assert response.status_code in (200, 201), (method, path, response.text)
     other.close()
 

@@ -26,6 +26,7 @@ from server.services import sweeps as sweeps_service
 from server.services import tokens
 from tests.lab.conftest import REDIS_URL, Live, _free_port, _truncate, start_live
 from tests.lab.test_sse_restart import Server
+from tests.lab.test_sweeps import sweep_body
 
 REPO = Path(__file__).resolve().parents[2]
 # the tiny preset shrunk further: a few iterations per epoch, a small kNN monitor, on the CPU
@@ -172,20 +173,15 @@ def test_killing_the_api_mid_sweep_loses_no_trial_and_duplicates_none(pg_url, tm
         worker = subprocess.Popen(
             [sys.executable, "-m", "tests.lab.worker_main"], cwd=REPO, env=env, stdout=log, stderr=log
         )
-    body = {
-        "kind": "faketrain",
-        "spec": {"steps": 6, "sleep_s": 0.3},
-        "space": {
+    body = sweep_body(
+        spec={"steps": 6, "sleep_s": 0.3},
+        space={
             "lr": {"type": "loguniform", "low": 1e-3, "high": 1.0},
             "steps": {"type": "int", "low": 4, "high": 8},
         },
-        "method": "random",
-        "seed": 11,
-        "budget": 6,
-        "parallel": 2,
-        "objective": {"metric": "final_loss"},
-        "direction": "minimize",
-    }
+        seed=11,
+        budget=6,
+    )
     try:
         sweep_id = httpx.post(
             f"{server.url}/api/v1/sweeps", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30

@@ -21,7 +21,7 @@ async def create_import(
     db: DbDep,
     settings: SettingsDep,
     enqueue: EnqueueDep,
-    _: TokenDep,
+    token: TokenDep,
     name: Annotated[
         str,
         Query(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$", description="A name for the run and the file"),
@@ -33,5 +33,7 @@ async def create_import(
         raise TooLarge(
             f"upload is larger than the {settings.max_upload_bytes} byte limit (OBOW_LAB_MAX_UPLOAD_MB)"
         )
-    run = await imports_service.create_import(db, request.stream(), name, settings, enqueue)
+    run = await imports_service.create_import(
+        db, request.stream(), name, settings, enqueue, launched_by=token.name
+    )
     return RunOut.model_validate(run)

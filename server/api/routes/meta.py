@@ -15,11 +15,19 @@ from server.core import kinds as kinds_service
 from server.core import workers as worker_rows
 from server.core.errors import NotFound
 from server.core.queue import QUEUES
-from server.schemas import KindOut, PresetOut
+from server.schemas import KindOut, PresetOut, UsageTotal
+from server.services import organise as organise_service
 
 router = APIRouter(tags=["meta"], dependencies=[READ_AUTH], responses=AUTHENTICATED)
 # open to anyone (load balancers, `docker compose` health checks): it tells nothing about the runs
 health_router = APIRouter(tags=["meta"])
+
+
+@router.get("/usage", response_model=UsageTotal)
+def usage(db: DbDep, settings: SettingsDep) -> UsageTotal:
+    """Disk use of the artifact store: total, by folder (runs, pinned weights, uploads) and the largest
+    run folders."""
+    return organise_service.total_usage(db, settings.artifact_root)
 
 
 @router.get("/presets", response_model=list[PresetOut])

@@ -28,15 +28,21 @@ from server.schemas import (
     RunDetail,
     RunOut,
     RunPage,
+    RunPatch,
     RunSummary,
+    RunUsage,
     Series,
     WordsCreate,
 )
 from server.services import artifacts as artifacts_service
+from server.services import evaluations as evaluations_service
 from server.services import events as events_service
 from server.services import exports as exports_service
 from server.services import logs as logs_service
+from server.services import metrics_export
+from server.services import organise as organise_service
 from server.services import runs as runs_service
+from server.services import search as search_service
 from server.services import words as words_service
 
 # A stream reads at most this often however often the run's writer commits (see stream_events).
@@ -48,9 +54,12 @@ router = APIRouter(
 
 
 @router.post("", status_code=201, response_model=RunOut, responses={**WRITE, **BODY})
-def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep) -> RunOut:
-    """Validate the spec (422 names each bad field), store the run, then queue it."""
-    run = runs_service.create_run(db, body, settings, enqueue)
+def create_run(body: RunCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep) -> RunOut:
+    """Validate the spec (422 names each bad field), store the run, then queue it. `launched_by` is the
+    name of the token (or of the dashboard session's token) that asked. A linear or kNN evaluation on
+    built-in data also queues its baselines (raw pixels, random init) unless cached."""
+    run = runs_service.create_run(db, body, settings, enqueue, launched_by=token.name)
+    evaluations_service.ensure_baselines(db, run, settings, enqueue)
     return RunOut.model_validate(run)
 
 
@@ -62,8 +71,22 @@ def list_runs(
     parent_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=search_service.MAX_QUERY_CHARS,
+            description="Search: free words (name, tag, note), kind: state: project: tag: by: parent: "
+            "archived:yes|any, spec comparisons (optim.lr>0.01), final metrics (knn_top1_k20>=80); see README",
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        Query(max_length=300, description="A column, spec key or metric; '-' in front: descending"),
+    ] = None,
+    top_level: Annotated[bool, Query(description="Only runs without a parent, each with its child_count")] = False,
 ) -> RunPage:
-    items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset)
+    """Archived runs are left out unless the query asks (`archived:yes`, `archived:any`)."""
+    items, total = runs_service.list_runs(db, state, kind, parent_id, limit, offset, q, sort, top_level)
     return RunPage(items=[RunSummary.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 
 
@@ -78,6 +101,27 @@ def get_run(run_id: IdPath, db: DbDep) -> RunDetail:
         artifacts=[artifacts_service.to_out(a) for a in run.artifacts],
         children=[RunSummary.model_validate(c) for c in children],
     )
+
+
+@router.patch("/{run_id}", response_model=RunOut, responses={**WRITE, **BY_ID, **BODY})
+def patch_run(run_id: IdPath, body: RunPatch, db: DbDep, _: TokenDep) -> RunOut:
+    """Rename, retag, annotate, move to a project, archive or unarchive (with its children). Only the
+    fields sent change; never the spec or the state."""
+    return RunOut.model_validate(organise_service.patch_run(db, run_id, body))
+
+
+@router.get("/{run_id}/usage", response_model=RunUsage, responses=BY_ID)
+def run_usage(run_id: IdPath, db: DbDep, settings: SettingsDep) -> RunUsage:
+    """The run with everything below it: runs, metric points, log lines, files and bytes (what a delete
+    removes), and which of them are still active."""
+    return organise_service.usage(db, settings.artifact_root, run_id)
+
+
+@router.delete("/{run_id}", response_model=RunUsage, responses={**WRITE, **BY_ID, **errors(409)})
+def delete_run(run_id: IdPath, db: DbDep, settings: SettingsDep, _: TokenDep) -> RunUsage:
+    """Delete the run, its children (and theirs), their metrics, logs and artifact files; 409 while any
+    of them is queued, running or lost, or is a trial of a running sweep. Answers what was removed."""
+    return organise_service.delete_run(db, settings.artifact_root, run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses={**WRITE, **BY_ID, **errors(409)})
@@ -110,6 +154,36 @@ def get_metrics(
     return MetricsOut(run_id=run_id, series=out)
 
 
+def _metrics_download(request: Request, run_id: int, chunks, media_type: str, suffix: str) -> StreamingResponse:
+    return StreamingResponse(
+        chunks(request.app.state.sessionmaker, run_id),
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.{suffix}"'},
+    )
+
+
+@router.get(
+    "/{run_id}/metrics.csv", response_class=StreamingResponse, responses={**BY_ID, 200: {"content": {"text/csv": {}}}}
+)
+def get_metrics_csv(run_id: IdPath, request: Request, db: DbDep) -> StreamingResponse:
+    """Every stored point at full resolution, `key,step,value,time` (Unix seconds), ordered by key and
+    step; streamed page by page, so a run of millions of points downloads in flat memory."""
+    runs_service.get_run(db, run_id)
+    return _metrics_download(request, run_id, metrics_export.csv_chunks, "text/csv; charset=utf-8", "csv")
+
+
+@router.get(
+    "/{run_id}/metrics.json",
+    response_class=StreamingResponse,
+    responses={**BY_ID, 200: {"content": {"application/json": {}}}},
+)
+def get_metrics_json(run_id: IdPath, request: Request, db: DbDep) -> StreamingResponse:
+    """Every stored point at full resolution: `{"run_id", "columns": ["key", "step", "value", "time"],
+    "points": [[key, step, value, time], ...]}`, streamed like the CSV."""
+    runs_service.get_run(db, run_id)
+    return _metrics_download(request, run_id, metrics_export.json_chunks, "application/json", "json")
+
+
 @router.get("/{run_id}/logs", response_model=list[LogOut], responses=BY_ID)
 def get_logs(
     run_id: IdPath,
@@ -134,11 +208,11 @@ def get_artifacts(run_id: IdPath, db: DbDep) -> list[ArtifactOut]:
     "/{run_id}/exports", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **BODY}
 )
 def create_export(
-    run_id: IdPath, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+    run_id: IdPath, body: ExportCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep
 ) -> RunOut:
     """Convert the run's latest checkpoint: an `export` child run on the cpu queue."""
     return RunOut.model_validate(
-        exports_service.create_export(db, run_id, body, settings, enqueue)
+        exports_service.create_export(db, run_id, body, settings, enqueue, launched_by=token.name)
     )
 
 
@@ -146,10 +220,10 @@ def create_export(
     "/{run_id}/words", status_code=201, response_model=RunOut, responses={**WRITE, **BY_ID, **BODY}
 )
 def create_words(
-    run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, _: TokenDep
+    run_id: IdPath, body: WordsCreate, db: DbDep, settings: SettingsDep, enqueue: EnqueueDep, token: TokenDep
 ) -> RunOut:
     """A `words` child run (cpu queue) drawing the visual-word gallery of the run's latest checkpoint."""
-    run = words_service.create_words(db, run_id, body, settings, enqueue)
+    run = words_service.create_words(db, run_id, body, settings, enqueue, launched_by=token.name)
     return RunOut.model_validate(run)
 
 
@@ -202,6 +276,7 @@ async def stream_events(
 
     cursor = await run_in_threadpool(first_cursor)
     notifier = request.app.state.notifier
+    reads = request.app.state.stream_reads
 
     async def body() -> AsyncIterator[str]:
         """Read, send, then sleep until the run's rows change (a notification) or the safety-net poll
@@ -215,7 +290,7 @@ async def stream_events(
             while True:
                 woken.clear()
                 read_at = time.monotonic()
-                events, cursor, finished = await run_in_threadpool(poll, cursor)
+                events, cursor, finished = await asyncio.get_running_loop().run_in_executor(reads, poll, cursor)
                 for name, data, after in events:
                     yield f"id: {after}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
                 if finished:
