@@ -120,9 +120,10 @@ def test_a_budgeted_run_ends_its_schedules_within_the_budget(tmp_path: Path, one
     assert sorted(lrs) == list(range(1, total + 1))  # every step reported once (print_freq 1)
     assert lrs[1] == pytest.approx(0.05 / 4) and lrs[4] == pytest.approx(0.05)  # the warm-up
     assert lrs[total] == pytest.approx(0.001)  # lr at end_lr on the last step
-    # the momentum: 1 - (1 - 0.99)·½(1 + cos(π·i/T)) with i the 0-based step, computed here
-    last = 1 - 0.01 * 0.5 * (1 + math.cos(math.pi * (total - 1) / total))
-    assert alphas[total] == pytest.approx(last, abs=1e-12) and alphas[total] > 1 - 0.01 * (math.pi / total) ** 2
+    # the momentum: 1 - (1 - α0)·½(1 + cos(π·i/T)) with i the 0-based step, computed here
+    gap = 1 - spec.model.alpha
+    last = 1 - gap * 0.5 * (1 + math.cos(math.pi * (total - 1) / total))
+    assert alphas[total] == pytest.approx(last, abs=1e-12) and alphas[total] > 1 - gap * (math.pi / total) ** 2
     # the steps after the probe follow the fitted cosine exactly
     for step in range(12, total + 1):
         assert lrs[step] == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total)), step
