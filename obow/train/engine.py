@@ -402,8 +402,10 @@ class Trainer:
                 rep.metrics(st.global_iteration, summary)
                 rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
             self.save()
+        # whole epochs as an int; a budget-fitted run that ended inside an epoch as a fraction
+        part = st.iteration_in_epoch / self.iters_per_epoch
         return {
-            "epochs": round(st.epoch + st.iteration_in_epoch / self.iters_per_epoch, 4),
+            "epochs": round(st.epoch + part, 4) if st.iteration_in_epoch else st.epoch,
             "iterations": st.global_iteration,
             "schedule_iterations": self.schedule_iterations,
             "last_metrics": last_values,
