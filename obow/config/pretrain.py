@@ -119,6 +119,9 @@ class OptimSpec(StrictModel):
     end_lr: float = Field(0.0, ge=0, le=MAX_LR)
     lr_schedule_type: Literal["cos", "cos_warmup", "step_lr"] = "cos"
     warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
+    warmup_iters: int = Field(
+        0, ge=0, le=MAX_COUNT, description="Linear lr warm-up over the first N iterations (schedule 'cos' only)"
+    )
     lr_schedule: list[Epochs] = Field(default_factory=list, max_length=1000, description="Milestone epochs of step_lr")
     lr_decay: float = Field(0.1, gt=0, le=1)
     permanent: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Keep every N-th epoch checkpoint")
@@ -127,6 +130,8 @@ class OptimSpec(StrictModel):
     def _warmup_fits(self) -> OptimSpec:
         if self.lr_schedule_type == "cos_warmup" and self.warmup_epochs >= self.num_epochs:
             raise ValueError("warmup_epochs must be smaller than num_epochs")
+        if self.warmup_iters and self.lr_schedule_type != "cos":
+            raise ValueError("warmup_iters applies to lr_schedule_type 'cos' only (cos_warmup has warmup_epochs)")
         return self
 
 
@@ -202,7 +207,8 @@ class DataSpec(StrictModel):
 
 
 class RuntimeSpec(StrictModel):
-    """How to run, not what to learn: nothing here changes the method."""
+    """How to run, not what to learn: nothing here changes the method, except that `budget_schedule` fits
+    the lr and momentum schedules to the steps that `time_budget_s` allows."""
 
     seed: int = Field(0, ge=0, le=MAX_SEED)
     workers: int = Field(2, ge=0, le=256)
@@ -229,6 +235,18 @@ class RuntimeSpec(StrictModel):
     )
     time_budget_s: float | None = Field(
         None, gt=0, le=MAX_SECONDS, description="Stop cleanly after this many seconds"
+    )
+    budget_schedule: bool = Field(
+        False,
+        description="With time_budget_s: measure the step time over the first steps, fix the run's length "
+        "to the steps the budget allows (at most num_epochs) and run the lr and teacher-momentum cosines "
+        "to their end within it",
+    )
+    budget_probe_steps: int = Field(
+        20, ge=1, le=10_000, description="Steps timed (after 3 unmeasured ones) to fit a budgeted schedule"
+    )
+    budget_reserve: float = Field(
+        0.05, ge=0, lt=1, description="Share of the remaining budget kept free of steps (epoch ends, checkpoints)"
     )
     knn_monitor_every: int | None = Field(
         None, ge=1, le=MAX_EPOCHS, description="kNN accuracy on held-out data every N epochs"
@@ -263,6 +281,18 @@ class PretrainSpec(StrictModel):
         if any(part in ("", ".", "..") for part in value.split("/")):
             raise ValueError("name parts must be non-empty and not '.' or '..'")
         return value
+
+    @model_validator(mode="after")
+    def _budget_schedule_has_a_budget(self) -> PretrainSpec:
+        if self.runtime.budget_schedule:
+            if self.runtime.time_budget_s is None:
+                raise ValueError("runtime.budget_schedule needs runtime.time_budget_s (the budget to fit)")
+            if self.optim.lr_schedule_type != "cos":
+                raise ValueError(
+                    "runtime.budget_schedule needs optim.lr_schedule_type 'cos' (use optim.warmup_iters for a "
+                    "warm-up)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _vocabulary_fits_batch(self) -> PretrainSpec:

@@ -35,7 +35,7 @@ from obow.procs import exit_with_parent
 from obow.reporting import NullReporter, Reporter, start_phase
 from obow.train.checkpoint import checkpoint_name, list_checkpoints, usable_checkpoint
 from obow.train.data import PretrainData, build_pretrain_data
-from obow.train.schedules import learning_rate
+from obow.train.schedules import fitted_learning_rate, learning_rate, steps_within_budget
 
 
 class MeanMeter:
@@ -162,6 +162,9 @@ class Trainer:
             self.model.teacher.compile()  # a no-grad graph of its own; the EMA updates its inputs in place
         self.optimizer = build_optimizer(self.model, spec)
         self.state = TrainState()
+        # Length of a budget-fitted schedule (runtime.budget_schedule), fixed after the probe steps and kept
+        # in the checkpoint so a resumed run follows the same curves; None: not (yet) fitted.
+        self.schedule_iterations: int | None = None
         self.health = UsageWindow(
             spec.model.per_level("num_words"), spec.runtime.health_window, spec.runtime.collapse_threshold
         )
@@ -190,6 +193,8 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"checkpoint '{path}' does not fit this model: {str(err).splitlines()[0]}") from None
         self.state = TrainState(payload["epoch"], payload.get("iteration_in_epoch", 0), payload["iteration"])
+        if payload.get("schedule_iterations") is not None:
+            self._fix_schedule(int(payload["schedule_iterations"]))
         if payload.get("rng") is not None:
             _set_rng_state(payload["rng"])
 
@@ -209,6 +214,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(),
+            "schedule_iterations": self.schedule_iterations,
         }
         previous = list_checkpoints(self.out_dir)
         self.reporter.flush()  # every point up to this step is stored before the checkpoint exists
@@ -254,36 +260,102 @@ class Trainer:
         groups = [_in_format(g.to(self.device, non_blocking=nb), fmt) for g in groups]
         return teacher, groups, labels.to(self.device, non_blocking=nb)
 
+    # -- budget-fitted schedules ---------------------------------------------------------------------
+    @property
+    def budgeted(self) -> bool:
+        return self.spec.runtime.budget_schedule and self.spec.runtime.time_budget_s is not None
+
+    def _fix_schedule(self, total: int) -> None:
+        """Fix the run's length: the lr cosine and the teacher-momentum cosine both end at `total` steps."""
+        self.schedule_iterations = total
+        self.model.total_iterations = total
+
+    def _lr(self, epoch: int) -> float:
+        st, optim = self.state, self.spec.optim
+        if not self.budgeted:
+            return learning_rate(optim, epoch, st.iteration_in_epoch, self.iters_per_epoch)
+        # before the length is fitted (the probe steps) the nominal length stands in: the warm-up ramp and
+        # the top of the cosine do not depend on it
+        total = self.schedule_iterations or self.iters_per_epoch * optim.num_epochs
+        return fitted_learning_rate(optim, st.global_iteration, total)
+
+    def _budget_probe(self, started: float, deadline: float, probe: dict[str, float]) -> None:
+        """Time `budget_probe_steps` steps after 3 unmeasured ones (loader start-up, first allocations), then
+        fix the length to the steps the rest of the budget allows, less `budget_reserve`.
+
+        After that the pace is re-measured every 5 probe windows: if the machine has slowed down so that
+        the fixed length would run past the budget, the length is shortened to what still fits (never
+        lengthened), so the schedules still end within the budget on a shared machine.
+        """
+        r, done = self.spec.runtime, self.state.global_iteration
+        if "from_step" not in probe:
+            if done - probe["first_step"] >= 3:
+                probe["from_step"], probe["from_time"] = done, time.monotonic()
+            return
+        window = r.budget_probe_steps if self.schedule_iterations is None else 5 * r.budget_probe_steps
+        if done - probe["from_step"] < window:
+            return
+        now = time.monotonic()
+        per_step = (now - probe["from_time"]) / (done - probe["from_step"])
+        if self.world > 1:  # every rank must fix the same length: the slowest rank's pace
+            pace = torch.tensor([per_step], device=self.device)
+            torch.distributed.all_reduce(pace, op=torch.distributed.ReduceOp.MAX)
+            per_step = float(pace.item())
+        probe["from_step"], probe["from_time"] = done, now
+        remaining = (deadline - now) * (1.0 - r.budget_reserve)
+        nominal = self.iters_per_epoch * self.spec.optim.num_epochs
+        if self.schedule_iterations is None:
+            total = steps_within_budget(done, per_step, remaining, nominal)
+            self._fix_schedule(total)
+            self.reporter.log(
+                f"time budget: {per_step:.3f} s/step over {window} steps, {now - started:.0f} s used; the "
+                f"schedule is fitted to {total} steps ({total / self.iters_per_epoch:.2f} epochs, nominal {nominal})"
+            )
+            return
+        total = steps_within_budget(done, per_step, remaining, self.schedule_iterations)
+        if total < self.schedule_iterations:
+            self.reporter.log(
+                f"time budget: the pace fell to {per_step:.3f} s/step; the schedule is shortened from "
+                f"{self.schedule_iterations} to {total} steps to end within the budget"
+            )
+            self._fix_schedule(total)
+
     def fit(self) -> dict[str, Any]:
         spec, st, rep = self.spec, self.state, self.reporter
-        total_iters = self.iters_per_epoch * spec.optim.num_epochs
-        deadline = time.monotonic() + spec.runtime.time_budget_s if spec.runtime.time_budget_s else None
+        started = time.monotonic()
+        deadline = started + spec.runtime.time_budget_s if spec.runtime.time_budget_s else None
+        probe: dict[str, float] = {"first_step": st.global_iteration}
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=spec.runtime.precision == "bf16")
         last_values: dict[str, float] = {}
-        start_phase(rep, "training", total_iters, "iterations", done=st.global_iteration)
+        start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
         self.network.train()
-        while st.epoch < spec.optim.num_epochs:
+        while st.epoch < spec.optim.num_epochs and not self._schedule_done():
             epoch = st.epoch
             window, epoch_meter = MeanMeter(), MeanMeter()
             window_start, window_images = time.perf_counter(), 0
             loader = self.data.loader(epoch, start_iteration=st.iteration_in_epoch)
             for batch in loader:
+                if self._schedule_done():
+                    break
                 if self._stop_requested(deadline):
                     self.save()
                     raise StopRequested(f"stopped at epoch {epoch} iteration {st.iteration_in_epoch}")
-                lr = learning_rate(spec.optim, epoch, st.iteration_in_epoch, self.iters_per_epoch)
+                lr = self._lr(epoch)
                 teacher, groups, labels = self._to_device(batch)
                 values = training_step(
                     self.network, self.optimizer, (teacher, groups, labels), lr, autocast, st.global_iteration
                 )
                 st.iteration_in_epoch += 1
                 st.global_iteration += 1
+                if self.budgeted and deadline is not None:
+                    self._budget_probe(started, deadline, probe)
                 values["lr"] = lr
                 window.add(values)
                 epoch_meter.add(values)
                 self._report_health()
                 if self.rank == 0:
-                    rep.progress(st.global_iteration, total_iters)  # per step: the ETA's rate, no silent phase
+                    # per step: the ETA's rate, no silent phase
+                    rep.progress(st.global_iteration, self._total_iterations())
                 window_images += teacher.shape[0] * self.world
                 if st.global_iteration % spec.runtime.print_freq == 0 or st.iteration_in_epoch == self.iters_per_epoch:
                     elapsed = time.perf_counter() - window_start
@@ -292,7 +364,7 @@ class Trainer:
                     last_values["epoch"] = epoch + st.iteration_in_epoch / self.iters_per_epoch
                     if self.rank == 0:
                         rep.metrics(st.global_iteration, last_values)
-                        rep.progress(st.global_iteration, total_iters)
+                        rep.progress(st.global_iteration, self._total_iterations())
                         shown = ", ".join(
                             f"{k}={last_values[k]:.4g}" for k in sorted(last_values) if k.startswith(("loss", "perp_b"))
                         )
@@ -305,17 +377,45 @@ class Trainer:
                 every = spec.runtime.save_every_iters
                 if every and st.global_iteration % every == 0 and st.iteration_in_epoch < self.iters_per_epoch:
                     self.save()
+            if self._schedule_done() and st.iteration_in_epoch < self.iters_per_epoch:
+                # a budget-fitted run ends inside an epoch: the same monitors as at an epoch end, then its
+                # final checkpoint at that position
+                summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
+                summary.update(self.epoch_end_monitors(st.epoch + 1, final=True))
+                if self.rank == 0:
+                    rep.metrics(st.global_iteration, summary)
+                    rep.progress(st.global_iteration, self._total_iterations())
+                    rep.log(
+                        f"budgeted schedule done at epoch {epoch + 1} iteration {st.iteration_in_epoch}: "
+                        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items()))
+                    )
+                self.save()
+                break
             st.epoch += 1
             st.iteration_in_epoch = 0
             summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
-            summary.update(self.epoch_end_monitors(st.epoch))
-            if self.rank == 0 and st.epoch < spec.optim.num_epochs:  # back from a monitor's phases
-                start_phase(rep, "training", total_iters, "iterations", done=st.global_iteration)
+            summary.update(self.epoch_end_monitors(st.epoch, final=self._schedule_done()))
+            if self.rank == 0 and st.epoch < spec.optim.num_epochs and not self._schedule_done():
+                # back from a monitor's phases
+                start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
             if self.rank == 0:
                 rep.metrics(st.global_iteration, summary)
                 rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
             self.save()
-        return {"epochs": st.epoch, "iterations": st.global_iteration, "last_metrics": last_values}
+        # whole epochs as an int; a budget-fitted run that ended inside an epoch as a fraction
+        part = st.iteration_in_epoch / self.iters_per_epoch
+        return {
+            "epochs": round(st.epoch + part, 4) if st.iteration_in_epoch else st.epoch,
+            "iterations": st.global_iteration,
+            "schedule_iterations": self.schedule_iterations,
+            "last_metrics": last_values,
+        }
+
+    def _total_iterations(self) -> int:
+        return self.schedule_iterations or self.iters_per_epoch * self.spec.optim.num_epochs
+
+    def _schedule_done(self) -> bool:
+        return self.schedule_iterations is not None and self.state.global_iteration >= self.schedule_iterations
 
     def _report_health(self) -> None:
         summary = self.health.add(self.model.last_usage_counts)
@@ -333,9 +433,10 @@ class Trainer:
                 )
         self.reporter.metrics(self.state.global_iteration, summary)
 
-    def epoch_end_monitors(self, completed_epochs: int) -> dict[str, float]:
+    def epoch_end_monitors(self, completed_epochs: int, final: bool = False) -> dict[str, float]:
+        """The kNN monitor every `knn_monitor_every` epochs and, with a monitor at all, at the run's end."""
         every = self.spec.runtime.knn_monitor_every
-        if not every or completed_epochs % every or self.rank != 0:
+        if not every or (completed_epochs % every and not final) or self.rank != 0:
             return {}
         from obow.train.monitor import knn_monitor
 

@@ -1,0 +1,181 @@
+"""Schedules fitted to a time budget: the pure functions against hand computations, then real runs.
+
+A budgeted run times its first steps, fixes its length to the steps the rest of the budget allows and
+runs the lr cosine (after its warm-up) and the teacher-momentum cosine to their end within that length.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from obow.config import OptimSpec, load_pretrain_config
+from obow.errors import ConfigError, StopRequested
+from obow.io.checkpoint import load_training_checkpoint
+from obow.reporting import RecordingReporter
+from obow.train.checkpoint import latest_checkpoint
+from obow.train.engine import run_pretrain
+from obow.train.schedules import fitted_learning_rate, learning_rate, steps_within_budget
+
+
+def test_fitted_cosine_by_hand():
+    o = OptimSpec(lr=0.2, end_lr=0.002, lr_schedule_type="cos", warmup_iters=10)
+    T = 110  # 10 warm-up steps, then 100 cosine steps: iterations 10 … 109 map to progress 0 … 1
+    assert [fitted_learning_rate(o, i, T) for i in (0, 4, 9)] == pytest.approx([0.02, 0.1, 0.2])
+    assert fitted_learning_rate(o, 10, T) == pytest.approx(0.2)
+    # iteration 43 is 33 of the 99 cosine intervals: progress 1/3
+    assert fitted_learning_rate(o, 10 + 33, T) == pytest.approx(0.002 + 0.198 * 0.5 * (1 + math.cos(math.pi / 3)))
+    assert fitted_learning_rate(o, T - 1, T) == pytest.approx(0.002)  # the last step is at end_lr
+    assert fitted_learning_rate(o, T + 5, T) == pytest.approx(0.002)  # never below it
+
+
+def test_the_warm_up_does_not_depend_on_the_length():
+    """The probe steps run before the length is known: their lr must be the same for any length."""
+    o = OptimSpec(lr=0.1, lr_schedule_type="cos", warmup_iters=30)
+    for i in range(30):
+        values = {fitted_learning_rate(o, i, T) for T in (40, 400, 4000)}
+        assert len(values) == 1 and values.pop() == pytest.approx(0.1 * (i + 1) / 30)
+    no_warmup = OptimSpec(lr=0.1, lr_schedule_type="cos")
+    # without a warm-up the first steps differ by less than the cosine's curvature: 1 - cos(pi*i/T)
+    assert fitted_learning_rate(no_warmup, 5, 1000) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 5 / 999)))
+
+
+def test_fitted_schedule_needs_cos():
+    with pytest.raises(ValueError, match="cos"):
+        fitted_learning_rate(OptimSpec(lr_schedule_type="step_lr"), 0, 10)
+
+
+def test_warmup_iters_in_the_per_epoch_cosine():
+    o = OptimSpec(lr=0.08, num_epochs=4, lr_schedule_type="cos", warmup_iters=8)
+    # epoch 0 holds lr, ramped (i+1)/8 for the first 8 global iterations
+    assert [learning_rate(o, 0, i, 5) for i in (0, 3)] == pytest.approx([0.01, 0.04])
+    assert learning_rate(o, 1, 2, 5) == pytest.approx(0.08 * 0.5 * (1 + math.cos(math.pi / 4)))  # 8th: ramp 1
+    assert learning_rate(o, 1, 1, 5) == pytest.approx(0.08 * 0.5 * (1 + math.cos(math.pi / 4)) * 7 / 8)
+
+
+@pytest.mark.parametrize(
+    ("done", "per_step", "remaining", "cap", "expected"),
+    [
+        (23, 0.5, 100.0, 10_000, 223),  # 200 more steps fit
+        (23, 0.5, 100.2, 10_000, 223),  # a partial step does not count
+        (23, 0.5, 100.0, 150, 150),  # never beyond the nominal length
+        (23, 0.5, -3.0, 10_000, 24),  # over budget already: one more step ends the schedule
+        (23, 0.0, 100.0, 500, 500),  # no measurement: the nominal length
+        (23, math.inf, 100.0, 500, 500),
+    ],
+)
+def test_steps_within_budget(done, per_step, remaining, cap, expected):
+    assert steps_within_budget(done, per_step, remaining, cap) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["runtime.budget_schedule=true"], "time_budget_s"),
+        (["runtime.budget_schedule=true", "runtime.time_budget_s=60", "optim.lr_schedule_type=step_lr"], "cos"),
+        (["optim.lr_schedule_type=cos_warmup", "optim.warmup_epochs=1", "optim.warmup_iters=5"], "warmup_iters"),
+        (["runtime.budget_probe_steps=0"], "budget_probe_steps"),
+        (["runtime.budget_reserve=1"], "budget_reserve"),
+    ],
+)
+def test_budget_settings_are_checked(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load_pretrain_config("FashionMNIST/tiny", overrides)
+
+
+BUDGET = ["data.epoch_size=2048", "data.batch_size=16", "runtime.print_freq=1", "runtime.workers=0",
+          "optim.num_epochs=20", "optim.lr=0.05", "optim.end_lr=0.001", "optim.warmup_iters=4",
+          "runtime.budget_schedule=true", "runtime.budget_probe_steps=4", "runtime.budget_reserve=0.4"]
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: on a loaded 2-core machine two OpenMP threads can make a step 30x slower, and the
+    budgeted runs here need steps of a steady length far below their 12 s budget."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_budgeted_run_ends_its_schedules_within_the_budget(tmp_path: Path, one_thread):
+    budget = 12.0
+    spec = load_pretrain_config("FashionMNIST/tiny", [*BUDGET, f"runtime.time_budget_s={budget}"])
+    rep = RecordingReporter()
+    start = time.monotonic()
+    result = run_pretrain(spec, tmp_path, rep)  # returns normally: the schedule ended, no stop was needed
+    elapsed = time.monotonic() - start
+    total = result["schedule_iterations"]
+    nominal = 128 * 20
+    assert 7 < total < nominal and result["iterations"] == total, result
+    assert elapsed < budget + 2  # + loading the data and the final checkpoint
+    assert any(f"fitted to {total} steps" in msg for _, msg in rep.logs)
+
+    lrs = dict(rep.series("lr"))
+    alphas = dict(rep.series("alpha"))
+    assert sorted(lrs) == list(range(1, total + 1))  # every step reported once (print_freq 1)
+    assert lrs[1] == pytest.approx(0.05 / 4) and lrs[4] == pytest.approx(0.05)  # the warm-up
+    assert lrs[total] == pytest.approx(0.001)  # lr at end_lr on the last step
+    # the momentum: 1 - (1 - α0)·½(1 + cos(π·i/T)) with i the 0-based step, computed here
+    gap = 1 - spec.model.alpha
+    last = 1 - gap * 0.5 * (1 + math.cos(math.pi * (total - 1) / total))
+    assert alphas[total] == pytest.approx(last, abs=1e-12) and alphas[total] > 1 - gap * (math.pi / total) ** 2
+    # the steps after the probe follow the fitted cosine exactly
+    for step in range(12, total + 1):
+        assert lrs[step] == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total)), step
+
+    ckpt = load_training_checkpoint(latest_checkpoint(tmp_path))
+    assert ckpt["iteration"] == total and ckpt["schedule_iterations"] == total
+
+
+def test_a_resumed_budgeted_run_keeps_its_length(tmp_path: Path, one_thread):
+    spec = load_pretrain_config("FashionMNIST/tiny", [*BUDGET, "runtime.time_budget_s=12",
+                                                       "runtime.save_every_iters=1"])
+    first = RecordingReporter(stop_after_metrics=9)  # stops after step 9, past the probe (steps 4-7)
+    with pytest.raises(StopRequested):
+        run_pretrain(spec, tmp_path, first)
+    total = load_training_checkpoint(latest_checkpoint(tmp_path))["schedule_iterations"]
+    assert total is not None and total > 9
+    second = RecordingReporter()
+    result = run_pretrain(spec, tmp_path, second)
+    assert result["iterations"] == total and result["schedule_iterations"] == total
+    lrs = dict(second.series("lr"))
+    assert min(lrs) == 10 and lrs[total] == pytest.approx(0.001)
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total))
+
+
+def test_the_length_is_fixed_after_the_probe_and_only_ever_shortened(tmp_path: Path, monkeypatch):
+    """The probe and re-checks on a fake clock: 3 unmeasured steps, a 4-step probe, then a re-check every
+    20 steps that shortens the schedule when the pace falls and never lengthens it when it rises."""
+    from obow.train import engine
+
+    spec = load_pretrain_config("FashionMNIST/tiny", [*BUDGET, "runtime.time_budget_s=100", "runtime.budget_reserve=0"])
+    rep = RecordingReporter()
+    trainer = engine.Trainer(spec, tmp_path, rep)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
+    probe = {"first_step": 0}
+
+    def steps(n: int, seconds_each: float) -> None:
+        for _ in range(n):
+            clock["now"] += seconds_each
+            trainer.state.global_iteration += 1
+            trainer._budget_probe(0.0, 100.0, probe)
+
+    # (step lengths are powers of two: the arithmetic below is exact in floating point)
+    steps(6, 0.125)
+    assert trainer.schedule_iterations is None  # probe window: steps 4-7
+    steps(1, 0.125)  # step 7 at t=0.875: 0.125 s/step, 99.125 s left -> 793 more steps
+    assert trainer.schedule_iterations == 800 and trainer.model.total_iterations == 800
+    steps(20, 0.125)  # same pace: unchanged
+    assert trainer.schedule_iterations == 800
+    steps(20, 0.5)  # step 47 at t=13.375: 0.5 s/step, 86.625 s left -> 173 more steps
+    assert trainer.schedule_iterations == 47 + 173 and trainer.model.total_iterations == 220
+    assert any("shortened from 800 to 220" in msg for _, msg in rep.logs)
+    steps(20, 0.0625)  # faster again: never lengthened
+    assert trainer.schedule_iterations == 220
