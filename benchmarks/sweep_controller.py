@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -153,6 +152,8 @@ def seed_sweep(maker, trials: int) -> int:
 def page_render(trials: int, loads: int) -> list[float]:
     from playwright.sync_api import sync_playwright
 
+    from tests.lab.test_browser import log_in
+
     with tempfile.TemporaryDirectory() as scratch_dir:
         url = f"sqlite:///{scratch_dir}/bench.db"
         upgrade(url)
@@ -170,10 +171,7 @@ def page_render(trials: int, loads: int) -> list[float]:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{base}/login")
-            page.fill("input[name=token]", token)
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r".*/$"))
+            log_in(page, base, token)
             for _ in range(loads + 1):  # the first load warms the browser's and the server's caches
                 page.goto(f"{base}/sweeps/{sweep_id}")
                 page.wait_for_function(f"document.body.dataset.rendered === '{trials}'", timeout=30_000)

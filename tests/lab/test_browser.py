@@ -27,6 +27,14 @@ ARGS = [
 ]
 
 
+def log_in(page: Page, base: str, token: str) -> None:
+    """The dashboard's login with an API token, landing on the runs list."""
+    page.goto(f"{base}/login")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/$"))
+
+
 @pytest.fixture
 def live(request, tmp_path) -> Iterator[Live]:
     with start_live(request, tmp_path, "sqlite-broker+sqlite") as running:

@@ -20,7 +20,7 @@ from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import Run
 from server.core.settings import Settings
 from server.services import tokens
-from tests.lab.test_browser import ARGS, CHROMIUM
+from tests.lab.test_browser import ARGS, CHROMIUM, log_in
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = 40  # 20 steps an epoch, 2 epochs
@@ -70,10 +70,7 @@ def test_compare_runs_chart_controls_share_link_and_downloads(tmp_path):
             page.set_default_timeout(20_000)
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{base}/login")
-            page.fill("input[name=token]", token)
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r".*/$"))
+            log_in(page, base, token)
 
             # a favicon, linked from every page and at the address browsers try anyway
             assert page.get_attribute('link[rel="icon"]', "href") == "/static/favicon.svg"

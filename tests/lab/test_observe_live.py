@@ -17,19 +17,17 @@ import pytest
 from playwright.sync_api import expect
 
 from obow_lab_client import LabClient
+from tests.lab.conftest import PRETRAIN as TINY
 from tests.lab.conftest import Live, start_live
 from tests.lab.test_browser import page  # noqa: F401 - the browser fixture
 from worker.provenance import package_version
 
 REPO = Path(__file__).resolve().parents[2]
+# the live tests' tiny run, 16 steps long: long enough for a few system samples and phase updates
 PRETRAIN = {
-    "kind": "pretrain",
-    "preset": "FashionMNIST/tiny",
-    "spec": {
-        "optim": {"num_epochs": 1},
-        "data": {"epoch_size": 256, "batch_size": 16},
-        "runtime": {"print_freq": 2, "workers": 0, "device": "cpu"},
-    },
+    **TINY,
+    "spec": {**TINY["spec"], "data": {"epoch_size": 256, "batch_size": 16},
+             "runtime": {**TINY["spec"]["runtime"], "print_freq": 2}},
 }
 MAX_SILENCE_S = 5.0
 

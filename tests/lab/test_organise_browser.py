@@ -17,7 +17,7 @@ from server.core.artifacts import run_dir
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.settings import Settings
 from server.services import tokens
-from tests.lab.test_browser import ARGS, CHROMIUM
+from tests.lab.test_browser import ARGS, CHROMIUM, log_in
 from worker.tasks import execute_run
 
 
@@ -44,10 +44,7 @@ def test_edit_search_archive_and_delete_from_the_dashboard(tmp_path):
             page.set_default_timeout(20_000)
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{base}/login")
-            page.fill("input[name=token]", token)
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r".*/$"))
+            log_in(page, base, token)
 
             # edit from the run page; the note is Markdown, its HTML and javascript: link stay text
             page.goto(f"{base}/runs/{alpha['id']}")

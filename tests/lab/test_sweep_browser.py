@@ -17,7 +17,7 @@ from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import Run, SweepTrial
 from server.core.settings import Settings
 from server.services import tokens
-from tests.lab.test_browser import ARGS, CHROMIUM
+from tests.lab.test_browser import ARGS, CHROMIUM, log_in
 
 
 def test_the_sweep_page_draws_everything_and_promotes_the_best_trial(tmp_path):
@@ -38,10 +38,7 @@ def test_the_sweep_page_draws_everything_and_promotes_the_best_trial(tmp_path):
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{base}/login")
-            page.fill("input[name=token]", token)
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r".*/$"))
+            log_in(page, base, token)
             page.click("nav >> text=Sweeps")
             page.wait_for_selector(f"#sweeps-body a[href='/sweeps/{sweep_id}']").click()
             page.wait_for_function("document.body.dataset.rendered === '20'")
