@@ -7,6 +7,7 @@ runs the lr cosine (after its warm-up) and the teacher-momentum cosine to their 
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -113,7 +114,10 @@ def test_a_budgeted_run_ends_its_schedules_within_the_budget(tmp_path: Path, one
     nominal = 128 * 20
     assert 7 < total < nominal and result["iterations"] == total, result
     assert elapsed < budget + 2  # + loading the data and the final checkpoint
-    assert any(f"fitted to {total} steps" in msg for _, msg in rep.logs)
+    fits = [msg for _, msg in rep.logs if msg.startswith("time budget:")]
+    assert f"to {total} steps" in fits[-1] and "fitted to" in fits[0], fits
+    # the step of the last change of length (none: the first fit, after the 3 + 4 probe steps)
+    changed_at = int(re.search(r"at step (\d+)", fits[-1]).group(1)) if len(fits) > 1 else 7
 
     lrs = dict(rep.series("lr"))
     alphas = dict(rep.series("alpha"))
@@ -124,8 +128,8 @@ def test_a_budgeted_run_ends_its_schedules_within_the_budget(tmp_path: Path, one
     gap = 1 - spec.model.alpha
     last = 1 - gap * 0.5 * (1 + math.cos(math.pi * (total - 1) / total))
     assert alphas[total] == pytest.approx(last, abs=1e-12) and alphas[total] > 1 - gap * (math.pi / total) ** 2
-    # the steps after the probe follow the fitted cosine exactly
-    for step in range(12, total + 1):
+    # the steps after the last change follow the fitted cosine exactly (reported step s ran at 0-based s - 1)
+    for step in range(changed_at + 1, total + 1):
         assert lrs[step] == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total)), step
 
     ckpt = load_training_checkpoint(latest_checkpoint(tmp_path))
@@ -149,9 +153,10 @@ def test_a_resumed_budgeted_run_keeps_its_length(tmp_path: Path, one_thread):
         assert lr == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total))
 
 
-def test_the_length_is_fixed_after_the_probe_and_only_ever_shortened(tmp_path: Path, monkeypatch):
+def test_the_length_follows_the_pace_shortened_any_time_lengthened_only_early(tmp_path: Path, monkeypatch):
     """The probe and re-checks on a fake clock: 3 unmeasured steps, a 4-step probe, then a re-check every
-    20 steps that shortens the schedule when the pace falls and never lengthens it when it rises."""
+    20 steps that shortens the schedule when the pace falls, lengthens it when the pace rises in the first
+    half of the run, and leaves it when the pace rises later."""
     from obow.train import engine
 
     spec = load_pretrain_config("FashionMNIST/tiny", [*BUDGET, "runtime.time_budget_s=100", "runtime.budget_reserve=0"])
@@ -177,5 +182,12 @@ def test_the_length_is_fixed_after_the_probe_and_only_ever_shortened(tmp_path: P
     steps(20, 0.5)  # step 47 at t=13.375: 0.5 s/step, 86.625 s left -> 173 more steps
     assert trainer.schedule_iterations == 47 + 173 and trainer.model.total_iterations == 220
     assert any("shortened from 800 to 220" in msg for _, msg in rep.logs)
-    steps(20, 0.0625)  # faster again: never lengthened
+    steps(20, 0.5)  # step 67 at t=23.375: same slow pace, 76.625 s left -> 153 more: 220, unchanged
     assert trainer.schedule_iterations == 220
+    steps(20, 0.25)  # step 87 at t=28.375: 0.25 s/step, 71.625 s left -> 286 more; 87 < 220 / 2
+    assert trainer.schedule_iterations == 87 + 286 and trainer.model.total_iterations == 373
+    assert any("lengthened from 220 to 373" in msg for _, msg in rep.logs)
+    steps(120, 0.25)  # same pace, unchanged; step 207 at t=58.375
+    assert trainer.schedule_iterations == 373
+    steps(20, 0.0625)  # step 227 at t=59.625: faster still, but past half the run: kept
+    assert trainer.schedule_iterations == 373
