@@ -259,6 +259,14 @@ class RuntimeSpec(StrictModel):
     )
     knn_monitor_train_size: int = Field(5000, ge=10, le=MAX_COUNT)
     knn_monitor_test_size: int = Field(2000, ge=10, le=MAX_COUNT)
+    bn_recalibration_images: int = Field(
+        0,
+        ge=0,
+        le=MAX_COUNT,
+        description="At the end of training, re-estimate the student's BatchNorm statistics on this many clean "
+        "teacher-size views of the training split (0: keep the training-crop averages), before the last "
+        "kNN monitor and checkpoint",
+    )
 
 
 KNN_MONITOR = Number("last_metrics", "knn_acc@1", "kNN monitor top-1")

@@ -401,6 +401,7 @@ class Trainer:
                 # a budget-fitted run ends inside an epoch: the same monitors as at an epoch end, then its
                 # final checkpoint at that position
                 summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
+                self.recalibrate_student()
                 summary.update(self.epoch_end_monitors(st.epoch + 1, final=True))
                 if self.rank == 0:
                     rep.metrics(st.global_iteration, summary)
@@ -414,7 +415,10 @@ class Trainer:
             st.epoch += 1
             st.iteration_in_epoch = 0
             summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
-            summary.update(self.epoch_end_monitors(st.epoch, final=self._schedule_done()))
+            final = self._schedule_done() or st.epoch >= spec.optim.num_epochs
+            if final:
+                self.recalibrate_student()
+            summary.update(self.epoch_end_monitors(st.epoch, final=final))
             if self.rank == 0 and st.epoch < spec.optim.num_epochs and not self._schedule_done():
                 # back from a monitor's phases
                 start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
@@ -452,6 +456,30 @@ class Trainer:
                     "warning",
                 )
         self.reporter.metrics(self.state.global_iteration, summary)
+
+    def recalibrate_student(self) -> None:
+        """`runtime.bn_recalibration_images`: the student's BN statistics from clean teacher-size views of a
+        seeded subset of the training split, once, at the end (every rank alike, on the same images)."""
+        count = self.spec.runtime.bn_recalibration_images
+        if not count:
+            return
+        from obow.data.multicrop import eval_transform
+        from obow.data.sources import open_dataset
+        from obow.data.views import ViewDataset
+        from obow.models.batchnorm import recalibrate_batchnorm
+        from obow.train.monitor import seeded_subset
+
+        d = self.spec.data
+        train = open_dataset(d.dataset_name, d.data_dir, "train", d.subset)
+        views = ViewDataset(
+            train,
+            eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std),
+            seeded_subset(len(train), count, self.spec.runtime.seed + 2),
+        )
+        reporter = self.reporter if self.rank == 0 else None
+        recalibrate_batchnorm(self.model.student, views, self.device, reporter=reporter)
+        if self.rank == 0:
+            self.reporter.log(f"student BatchNorm statistics re-estimated on {len(views)} clean views")
 
     def epoch_end_monitors(self, completed_epochs: int, final: bool = False) -> dict[str, float]:
         """The kNN monitor every `knn_monitor_every` epochs and, with a monitor at all, at the run's end."""

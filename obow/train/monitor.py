@@ -17,7 +17,8 @@ from obow.models.features import extract_features, knn_accuracy
 from obow.reporting import Reporter
 
 
-def _subset(n: int, size: int, seed: int) -> list[int]:
+def seeded_subset(n: int, size: int, seed: int) -> list[int]:
+    """`size` distinct indices below `n`, sorted, the same for a seed on every machine."""
     g = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(n, generator=g)[: min(size, n)].tolist())
 
@@ -32,8 +33,8 @@ def knn_monitor(
     transform = eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std)
     train = open_dataset(d.dataset_name, d.data_dir, "train", d.subset)
     held_out = open_dataset(d.dataset_name, d.data_dir, d.val_split)
-    bank = ViewDataset(train, transform, _subset(len(train), r.knn_monitor_train_size, r.seed))
-    queries = ViewDataset(held_out, transform, _subset(len(held_out), r.knn_monitor_test_size, r.seed + 1))
+    bank = ViewDataset(train, transform, seeded_subset(len(train), r.knn_monitor_train_size, r.seed))
+    queries = ViewDataset(held_out, transform, seeded_subset(len(held_out), r.knn_monitor_test_size, r.seed + 1))
     # extract_features runs the student in eval mode and gives it back in the mode it found it
     bank_x, bank_y = extract_features(student, bank, device, batch_size=256, progress=False, reporter=reporter,
                                       label="kNN monitor: bank features")
