@@ -257,6 +257,11 @@ class RuntimeSpec(StrictModel):
     collapse_threshold: float = Field(
         0.05, ge=0, le=1, description="Warn when fewer than this share of the words is used in a window"
     )
+    knn_monitor_at_start: bool = Field(
+        False,
+        description="With knn_monitor_every: also score the untrained student at step 0, so the kNN curve "
+        "shows what training adds to the network's initial features",
+    )
     knn_monitor_train_size: int = Field(5000, ge=10, le=MAX_COUNT)
     knn_monitor_test_size: int = Field(2000, ge=10, le=MAX_COUNT)
     bn_recalibration_images: int = Field(

@@ -347,6 +347,11 @@ class Trainer:
         probe: dict[str, float] = {"first_step": st.global_iteration}
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=spec.runtime.precision == "bf16")
         last_values: dict[str, float] = {}
+        if spec.runtime.knn_monitor_at_start and spec.runtime.knn_monitor_every and st.global_iteration == 0:
+            initial = self.epoch_end_monitors(0, final=True)
+            if initial and self.rank == 0:
+                rep.metrics(0, initial)
+                rep.log("untrained student: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(initial.items())))
         start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
         self.network.train()
         while st.epoch < spec.optim.num_epochs and not self._schedule_done():

@@ -122,6 +122,28 @@ def test_knn_monitor_gives_a_quality_curve(tmp_path: Path):
     assert all(10.0 < acc <= 100.0 for _, acc in curve)  # better than chance on 10 classes
 
 
+def test_knn_monitor_at_start_scores_the_untrained_student(tmp_path: Path):
+    """`runtime.knn_monitor_at_start`: a step-0 point that is the monitor of the network before any step
+    (the benchmark's "at initialisation" network), then the usual points; not repeated on resume."""
+    import torch
+
+    from obow.models.obow import build_obow
+    from obow.train.monitor import knn_monitor
+
+    sizes = ["runtime.knn_monitor_train_size=200", "runtime.knn_monitor_test_size=100"]
+    spec = tiny_spec("optim.num_epochs=1", "runtime.knn_monitor_every=1", "runtime.knn_monitor_at_start=true", *sizes)
+    rep = RecordingReporter()
+    run_pretrain(spec, tmp_path, rep)
+    curve = rep.series("knn_acc@1")
+    assert [step for step, _ in curve] == [0, 8]
+    torch.manual_seed(spec.runtime.seed)
+    untrained = build_obow(spec).student
+    assert curve[0][1] == knn_monitor(untrained, spec, torch.device("cpu"))["knn_acc@1"]
+    resumed = RecordingReporter()  # the same run again: resumed from its last checkpoint, nothing to redo
+    run_pretrain(spec, tmp_path, resumed)
+    assert resumed.series("knn_acc@1") == []
+
+
 def test_vocabulary_health_is_reported(tmp_path: Path):
     rep = RecordingReporter()
     run_pretrain(tiny_spec("optim.num_epochs=1", "runtime.health_window=4"), tmp_path, rep)
