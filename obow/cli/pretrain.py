@@ -32,7 +32,10 @@ from obow.reporting import ConsoleReporter
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast for the networks (vocabulary maths stays fp32).")
 @click.option("--channels-last", is_flag=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the student.")
-@click.option("--time-budget", type=float, default=None, help="Stop cleanly (with a checkpoint) after N seconds.")
+@click.option(
+    "--time-budget", type=float, default=None,
+    help="End the run after N seconds (final monitor and checkpoint); --resume continues it.",
+)
 @click.option("-p", "--print-freq", type=int, default=None)
 @click.option(
     "--set",

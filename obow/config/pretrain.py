@@ -234,7 +234,10 @@ class RuntimeSpec(StrictModel):
         None, ge=1, le=MAX_COUNT, description="Cap on iterations per epoch (smoke runs)"
     )
     time_budget_s: float | None = Field(
-        None, gt=0, le=MAX_SECONDS, description="Stop cleanly after this many seconds"
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="End the run after this many seconds, as a finished run (final monitor and checkpoint)",
     )
     budget_schedule: bool = Field(
         False,

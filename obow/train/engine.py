@@ -248,13 +248,16 @@ class Trainer:
         return path
 
     # -- training ----------------------------------------------------------------------------------
-    def _stop_requested(self, deadline: float | None) -> bool:
-        stop = self.reporter.should_stop() or (deadline is not None and time.monotonic() > deadline)
-        if self.world > 1:  # every rank must leave the loop at the same step
-            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-            torch.distributed.all_reduce(flag)
-            stop = bool(flag.item() > 0)
-        return stop
+    def _stop_reason(self, deadline: float | None) -> str | None:
+        """"stop" when the run is asked to stop (cancel, hand-off), "budget" when its time budget is spent,
+        else None. Every rank gets the same answer, so all leave the loop at the same step."""
+        stop = self.reporter.should_stop()
+        spent = deadline is not None and time.monotonic() > deadline
+        if self.world > 1:
+            flags = torch.tensor([float(stop), float(spent)], device=self.device)
+            torch.distributed.all_reduce(flags)
+            stop, spent = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        return "stop" if stop else "budget" if spent else None
 
     def _to_device(self, batch: tuple) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         teacher, groups, labels = self.data.device_batch(batch, self.device)
@@ -354,7 +357,8 @@ class Trainer:
                 rep.log("untrained student: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(initial.items())))
         start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
         self.network.train()
-        while st.epoch < spec.optim.num_epochs and not self._schedule_done():
+        budget_spent = False
+        while st.epoch < spec.optim.num_epochs and not self._schedule_done() and not budget_spent:
             epoch = st.epoch
             window, epoch_meter = MeanMeter(), MeanMeter()
             window_start, window_images = time.perf_counter(), 0
@@ -362,9 +366,13 @@ class Trainer:
             for batch in loader:
                 if self._schedule_done():
                     break
-                if self._stop_requested(deadline):
+                reason = self._stop_reason(deadline)
+                if reason == "stop":
                     self.save()
                     raise StopRequested(f"stopped at epoch {epoch} iteration {st.iteration_in_epoch}")
+                if reason == "budget":  # the run's own length: it ends like a finished run, not a cancelled one
+                    budget_spent = True
+                    break
                 lr = self._lr(epoch)
                 teacher, groups, labels = self._to_device(batch)
                 values = training_step(
@@ -402,17 +410,18 @@ class Trainer:
                 every = spec.runtime.save_every_iters
                 if every and st.global_iteration % every == 0 and st.iteration_in_epoch < self.iters_per_epoch:
                     self.save()
-            if self._schedule_done() and st.iteration_in_epoch < self.iters_per_epoch:
-                # a budget-fitted run ends inside an epoch: the same monitors as at an epoch end, then its
-                # final checkpoint at that position
+            if (budget_spent or self._schedule_done()) and st.iteration_in_epoch < self.iters_per_epoch:
+                # a run that ends inside an epoch (its fitted schedule is done, or its time budget is spent):
+                # the same monitors as at an epoch end, then its final checkpoint at that position
                 summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
                 self.recalibrate_student()
                 summary.update(self.epoch_end_monitors(st.epoch + 1, final=True))
                 if self.rank == 0:
                     rep.metrics(st.global_iteration, summary)
                     rep.progress(st.global_iteration, self._total_iterations())
+                    what = "time budget spent" if budget_spent else "budgeted schedule done"
                     rep.log(
-                        f"budgeted schedule done at epoch {epoch + 1} iteration {st.iteration_in_epoch}: "
+                        f"{what} at epoch {epoch + 1} iteration {st.iteration_in_epoch}: "
                         + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items()))
                     )
                 self.save()
@@ -437,6 +446,7 @@ class Trainer:
             "epochs": round(st.epoch + part, 4) if st.iteration_in_epoch else st.epoch,
             "iterations": st.global_iteration,
             "schedule_iterations": self.schedule_iterations,
+            "time_budget_spent": budget_spent,
             "last_metrics": last_values,
         }
 

@@ -191,3 +191,20 @@ def test_the_length_follows_the_pace_shortened_any_time_lengthened_only_early(tm
     assert trainer.schedule_iterations == 373
     steps(20, 0.0625)  # step 227 at t=59.625: faster still, but past half the run: kept
     assert trainer.schedule_iterations == 373
+
+
+def test_a_spent_budget_ends_the_run_like_a_finished_one(tmp_path: Path, one_thread):
+    """Without a fitted schedule the budget cuts the run inside an epoch; it still returns normally (the
+    lab records it as completed, not cancelled) with the final monitor and a checkpoint at that step."""
+    spec = load_pretrain_config("FashionMNIST/tiny", [
+        "data.epoch_size=4096", "data.batch_size=16", "runtime.workers=0", "runtime.time_budget_s=4",
+        "runtime.knn_monitor_every=1", "runtime.knn_monitor_train_size=100", "runtime.knn_monitor_test_size=50",
+    ])
+    rep = RecordingReporter()
+    result = run_pretrain(spec, tmp_path, rep)  # no StopRequested
+    steps = result["iterations"]
+    assert result["time_budget_spent"] and 0 < steps < 256 and result["epochs"] == round(steps / 256, 4)
+    assert [step for step, _ in rep.series("knn_acc@1")] == [steps]
+    assert any(msg.startswith(f"time budget spent at epoch 1 iteration {steps}") for _, msg in rep.logs)
+    ckpt = load_training_checkpoint(latest_checkpoint(tmp_path))
+    assert ckpt["iteration"] == steps and ckpt["schedule_iterations"] is None

@@ -24,7 +24,9 @@ def losses(reporter: RecordingReporter) -> list[tuple[int, float]]:
 
 
 def test_loss_falls_and_checkpoints_are_written(tmp_path: Path):
-    spec = tiny_spec("optim.num_epochs=4", "data.epoch_size=256", "optim.lr=0.1", "model.alpha=0.99")
+    patches = ["data.num_img_patches=2", "data.img_patch_preresize=40", "data.img_patch_size=16",
+               "data.img_patch_jitter=4"]
+    spec = tiny_spec("optim.num_epochs=4", "data.epoch_size=256", "optim.lr=0.1", "model.alpha=0.99", *patches)
     rep = RecordingReporter()
     result = run_pretrain(spec, tmp_path, rep)
     assert result["epochs"] == 4 and result["iterations"] == 4 * 16

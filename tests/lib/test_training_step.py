@@ -25,9 +25,14 @@ B, K, T = 4, 8, 10  # K = 2·B: the second step's insert wraps the queue pointer
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 
 
+# two crop types (one 32 px crop, two 16 px patches), so the step shares κ·G(V) between them
+TWO_CROP_TYPES = ["data.num_img_crops=1", "data.num_img_patches=2", "data.img_patch_preresize=40",
+                  "data.img_patch_size=16", "data.img_patch_jitter=4"]
+
+
 def tiny_spec():
     return load_pretrain_config(
-        "FashionMNIST/tiny", [f"data.batch_size={B}", f"model.bow_extractor_opts.num_words={K}"]
+        "FashionMNIST/tiny", [f"data.batch_size={B}", f"model.bow_extractor_opts.num_words={K}", *TWO_CROP_TYPES]
     )
 
 
