@@ -1,9 +1,11 @@
-"""The demo preset learns: `FashionMNIST/tiny`'s recipe, trained for half its steps, ends with a kNN
-accuracy far above the same initial network with BatchNorm statistics of the same views.
+"""The demo preset learns: `FashionMNIST/tiny`'s recipe, trained for half its steps (256 of 512, to keep
+the suite short), ends with a kNN accuracy far above the same initial network with BatchNorm statistics
+of the same views.
 
 The issue's stricter bar, above the initial network as it is evaluated untouched (BatchNorm statistics
-still 0/1, an identity), is not met by this recipe in a minute; the README's recipe table has the
-numbers. This test pins what the recipe does reach, against the network it starts from.
+still 0/1, an identity), is met by the whole preset with the full probe (81.0 against 76.3, README
+"Fashion-MNIST recipes"); at half the steps it is not yet reliably, so this test pins what half the
+steps do reach, against the network they start from.
 """
 
 from __future__ import annotations
