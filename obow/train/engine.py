@@ -478,19 +478,10 @@ class Trainer:
         count = self.spec.runtime.bn_recalibration_images
         if not count:
             return
-        from obow.data.multicrop import eval_transform
-        from obow.data.sources import open_dataset
-        from obow.data.views import ViewDataset
         from obow.models.batchnorm import recalibrate_batchnorm
-        from obow.train.monitor import seeded_subset
+        from obow.train.monitor import clean_views
 
-        d = self.spec.data
-        train = open_dataset(d.dataset_name, d.data_dir, "train", d.subset)
-        views = ViewDataset(
-            train,
-            eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std),
-            seeded_subset(len(train), count, self.spec.runtime.seed + 2),
-        )
+        views = clean_views(self.spec, "train", count, self.spec.runtime.seed + 2)
         reporter = self.reporter if self.rank == 0 else None
         recalibrate_batchnorm(self.model.student, views, self.device, reporter=reporter)
         if self.rank == 0:

@@ -23,6 +23,14 @@ def seeded_subset(n: int, size: int, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[: min(size, n)].tolist())
 
 
+def clean_views(spec: PretrainSpec, split: str, size: int, seed: int) -> ViewDataset:
+    """`size` seeded images of a split as the evaluation sees them: whole, clean teacher-size views."""
+    d = spec.data
+    source = open_dataset(d.dataset_name, d.data_dir, split, d.subset if split == "train" else None)
+    transform = eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std)
+    return ViewDataset(source, transform, seeded_subset(len(source), size, seed))
+
+
 def knn_monitor(
     student: ResNetBackbone, spec: PretrainSpec, device: torch.device, reporter: Reporter | None = None
 ) -> dict[str, float]:
@@ -30,15 +38,12 @@ def knn_monitor(
     d, r = spec.data, spec.runtime
     if d.val_split == "none":
         return {}
-    transform = eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std)
-    train = open_dataset(d.dataset_name, d.data_dir, "train", d.subset)
-    held_out = open_dataset(d.dataset_name, d.data_dir, d.val_split)
-    bank = ViewDataset(train, transform, seeded_subset(len(train), r.knn_monitor_train_size, r.seed))
-    queries = ViewDataset(held_out, transform, seeded_subset(len(held_out), r.knn_monitor_test_size, r.seed + 1))
+    bank = clean_views(spec, "train", r.knn_monitor_train_size, r.seed)
+    queries = clean_views(spec, d.val_split, r.knn_monitor_test_size, r.seed + 1)
     # extract_features runs the student in eval mode and gives it back in the mode it found it
     bank_x, bank_y = extract_features(student, bank, device, batch_size=256, progress=False, reporter=reporter,
                                       label="kNN monitor: bank features")
     query_x, query_y = extract_features(student, queries, device, batch_size=256, progress=False,
                                         reporter=reporter, label="kNN monitor: query features")
-    acc = knn_accuracy(bank_x, bank_y, query_x, query_y, k=20, temperature=0.07, num_classes=train.num_classes)
+    acc = knn_accuracy(bank_x, bank_y, query_x, query_y, k=20, temperature=0.07, num_classes=bank.source.num_classes)
     return {"knn_acc@1": acc}
