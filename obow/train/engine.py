@@ -169,6 +169,11 @@ class Trainer:
         # Length of a budget-fitted schedule (runtime.budget_schedule), fixed after the probe steps and kept
         # in the checkpoint so a resumed run follows the same curves; None: not (yet) fitted.
         self.schedule_iterations: int | None = None
+        # Only a length fitted by this process may grow: a resumed run keeps (or shortens) the one it saved.
+        self.fitted_in_this_process = False
+        # The step whose epoch end last ran the monitors and saved: a budget spent during them ends the run
+        # there instead of measuring and saving the same step again.
+        self._epoch_end_step: int | None = None
         self.health = UsageWindow(
             spec.model.per_level("num_words"), spec.runtime.health_window, spec.runtime.collapse_threshold
         )
@@ -323,7 +328,7 @@ class Trainer:
             total = int(agreed.item())
         if self.schedule_iterations is None:
             self._fix_schedule(total)
-            probe["fitted_here"] = 1.0
+            self.fitted_in_this_process = True
             self.reporter.log(
                 f"time budget: {per_step:.3f} s/step over {window} steps, {now - started:.0f} s used; the "
                 f"schedule is fitted to {total} steps ({total / self.iters_per_epoch:.2f} epochs, nominal {nominal})"
@@ -336,7 +341,7 @@ class Trainer:
                 f"{current} to {total} steps to end within the budget"
             )
             self._fix_schedule(total)
-        elif total > current * (1.0 + LENGTHEN_MARGIN) and done < current / 2 and "fitted_here" in probe:
+        elif total > current * (1.0 + LENGTHEN_MARGIN) and done < current / 2 and self.fitted_in_this_process:
             self.reporter.log(
                 f"time budget: at step {done} the pace rose to {per_step:.3f} s/step; the schedule is lengthened from "
                 f"{current} to {total} steps to use the budget"
@@ -410,6 +415,13 @@ class Trainer:
                 every = spec.runtime.save_every_iters
                 if every and st.global_iteration % every == 0 and st.iteration_in_epoch < self.iters_per_epoch:
                     self.save()
+            # spent during the epoch-end monitors: their results and checkpoint are this step's final ones,
+            # unless the end-of-run recalibration has yet to change the student
+            at_epoch_end = st.iteration_in_epoch == 0 and self._epoch_end_step == st.global_iteration
+            if budget_spent and at_epoch_end and not self.spec.runtime.bn_recalibration_images:
+                if self.rank == 0:
+                    rep.log(f"time budget spent at the end of epoch {st.epoch}: its monitors and checkpoint end it")
+                break
             if (budget_spent or self._schedule_done()) and st.iteration_in_epoch < self.iters_per_epoch:
                 # a run that ends inside an epoch (its fitted schedule is done, or its time budget is spent):
                 # the same monitors as at an epoch end, then its final checkpoint at that position
@@ -430,16 +442,21 @@ class Trainer:
             st.iteration_in_epoch = 0
             summary = {f"epoch/{k}": v for k, v in epoch_meter.means().items() if k != "lr"}
             final = self._schedule_done() or st.epoch >= spec.optim.num_epochs
+            if not final and deadline is not None:  # spent in this epoch's last steps: this epoch end is the last
+                budget_spent = final = self._stop_reason(deadline) == "budget"
             if final:
                 self.recalibrate_student()
             summary.update(self.epoch_end_monitors(st.epoch, final=final))
-            if self.rank == 0 and st.epoch < spec.optim.num_epochs and not self._schedule_done():
+            if self.rank == 0 and not final:
                 # back from a monitor's phases
                 start_phase(rep, "training", self._total_iterations(), "iterations", done=st.global_iteration)
             if self.rank == 0:
                 rep.metrics(st.global_iteration, summary)
-                rep.log(f"epoch {st.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
+                spent = " (time budget spent: the run ends here)" if budget_spent else ""
+                values = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items()))
+                rep.log(f"epoch {st.epoch} done{spent}: {values}")
             self.save()
+            self._epoch_end_step = st.global_iteration
         # whole epochs as an int; a budget-fitted run that ended inside an epoch as a fraction
         part = st.iteration_in_epoch / self.iters_per_epoch
         return {

@@ -143,7 +143,10 @@ def views(dataset, spec, positions):
 
 
 def test_fixed_seed_gives_the_same_views_and_the_epoch_changes_them():
-    spec = load_pretrain_config("FashionMNIST/tiny").data
+    spec = load_pretrain_config("FashionMNIST/tiny", [  # one crop and two patches: both kinds of view
+        "data.num_img_crops=1", "data.num_img_patches=2", "data.img_patch_preresize=40", "data.img_patch_size=16",
+        "data.img_patch_jitter=4",
+    ]).data
     dataset = batched.RawImageDataset(open_dataset("FashionMNIST", None, "test", subset=1), seed=5)
     positions = [(i, i) for i in range(4)]
     before = torch.get_rng_state()

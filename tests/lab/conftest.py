@@ -37,14 +37,15 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parents[2]
 # Host names the in-process apps answer: TestClient's own ("testserver") and the defaults
 TEST_HOSTS = "testserver,localhost,127.0.0.1,::1"
-# A tiny real pretraining: 1 epoch of 4 iterations on Fashion-MNIST, the live tests' run.
+# A tiny real pretraining: 1 epoch of 4 iterations on Fashion-MNIST, the live tests' run (without the
+# preset's end-of-run BatchNorm recalibration: test_observe_live.py watches that phase).
 PRETRAIN = {
     "kind": "pretrain",
     "preset": "FashionMNIST/tiny",
     "spec": {
         "optim": {"num_epochs": 1},
         "data": {"epoch_size": 64, "batch_size": 16},
-        "runtime": {"print_freq": 1, "workers": 0, "device": "cpu"},
+        "runtime": {"print_freq": 1, "workers": 0, "device": "cpu", "bn_recalibration_images": 0},
     },
 }
 

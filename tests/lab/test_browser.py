@@ -85,6 +85,7 @@ def test_launch_watch_convert_download(live, page, tmp_path):
         ("runtime.print_freq", "1"),
         ("runtime.workers", "0"),
         ("runtime.health_window", "4"),
+        ("runtime.bn_recalibration_images", "0"),  # the run's last phase stays training
     ):
         page.fill(f'[data-path="{path}"]', value)
     page.select_option('[data-path="runtime.device"]', "cpu")

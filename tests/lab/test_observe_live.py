@@ -23,11 +23,12 @@ from tests.lab.test_browser import page  # noqa: F401 - the browser fixture
 from worker.provenance import package_version
 
 REPO = Path(__file__).resolve().parents[2]
-# the live tests' tiny run, 16 steps long: long enough for a few system samples and phase updates
+# the live tests' tiny run, 16 steps long: long enough for a few system samples and phase updates; with
+# the preset's end-of-run BatchNorm recalibration (on fewer images), a phase of its own
 PRETRAIN = {
     **TINY,
     "spec": {**TINY["spec"], "data": {"epoch_size": 256, "batch_size": 16},
-             "runtime": {**TINY["spec"]["runtime"], "print_freq": 2}},
+             "runtime": {**TINY["spec"]["runtime"], "print_freq": 2, "bn_recalibration_images": 64}},
 }
 MAX_SILENCE_S = 5.0
 
@@ -92,17 +93,21 @@ def test_provenance_system_metrics_and_phases_of_a_real_run(live, page):  # noqa
         # phases, live on the stream: labelled, counted, never silent for long
         phases = [s["phase"] for s in states if s.get("phase")]
         labels = [label for label, _ in itertools.groupby(p["label"] for p in phases)]
-        assert labels[-1] == "training" and set(labels) <= {"starting", "training"}, labels
+        assert labels[-2:] == ["training", "BatchNorm recalibration"], labels
+        assert set(labels) <= {"starting", "training", "BatchNorm recalibration"}, labels
+        trained = [p for p in phases if p["label"] == "training"][-1]
+        # (the stream samples the phase: the recalibration may replace training before 16/16 is seen)
+        assert trained["done"] >= 8 and (trained["total"], trained["unit"]) == (16, "iterations")
         last = phases[-1]
-        assert (last["done"], last["total"], last["unit"]) == (16, 16, "iterations")
-        assert done["phase"] == last and (done["progress_done"], done["progress_total"]) == (16, 16)
+        assert (last["done"], last["total"], last["unit"]) == (64, 64, "images")
+        assert done["phase"] == last and (done["progress_done"], done["progress_total"]) == (64, 64)
         assert any(p["eta_s"] is not None for p in phases if p["label"] == "training")
         times = [p["updated_at"] for p in phases]
         assert max(b - a for a, b in itertools.pairwise(times)) < MAX_SILENCE_S, phases
 
         # the run page: system metrics in a panel of their own, provenance folded under the attempts
         page.reload()
-        expect(page.locator("#progress-text")).to_have_text("Phase: training 16/16 iterations")
+        expect(page.locator("#progress-text")).to_have_text("Phase: BatchNorm recalibration 64/64 images")
         expect(page.locator('#sys-charts .chart[data-title="system: memory (MiB) by seconds"]')).to_have_count(1)
         expect(page.locator("#charts .chart[data-title^='system']")).to_have_count(0)
         summary = page.locator("#provenance details summary")

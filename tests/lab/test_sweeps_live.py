@@ -38,6 +38,7 @@ TINY = {
         "print_freq": 1,
         "knn_monitor_train_size": 500,
         "knn_monitor_test_size": 200,
+        "bn_recalibration_images": 0,
     },
 }
 

@@ -208,3 +208,69 @@ def test_a_spent_budget_ends_the_run_like_a_finished_one(tmp_path: Path, one_thr
     assert any(msg.startswith(f"time budget spent at epoch 1 iteration {steps}") for _, msg in rep.logs)
     ckpt = load_training_checkpoint(latest_checkpoint(tmp_path))
     assert ckpt["iteration"] == steps and ckpt["schedule_iterations"] is None
+
+
+EPOCH_END = ["data.epoch_size=64", "data.batch_size=16", "runtime.workers=0", "optim.num_epochs=3",
+             "runtime.time_budget_s=100", "runtime.knn_monitor_every=1", "runtime.knn_monitor_train_size=100",
+             "runtime.knn_monitor_test_size=50"]
+
+
+def _fake_clock(monkeypatch) -> dict[str, float]:
+    from obow.train import engine
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
+    return clock
+
+
+def test_a_budget_spent_during_the_epoch_end_monitors_ends_the_run_there(tmp_path: Path, monkeypatch, one_thread):
+    """Spent while epoch 1's monitors run: the run ends at that step with those monitors and that
+    checkpoint, not with a second monitor pass and a second save of the same step."""
+    from obow.train import engine
+
+    clock = _fake_clock(monkeypatch)
+    monitors = engine.Trainer.epoch_end_monitors
+
+    def slow_monitors(self, completed_epochs: int, final: bool = False):
+        values = monitors(self, completed_epochs, final)
+        clock["now"] += 1000.0  # the monitor outlasts the budget
+        return values
+
+    monkeypatch.setattr(engine.Trainer, "epoch_end_monitors", slow_monitors)
+    spec = load_pretrain_config("FashionMNIST/tiny", [*EPOCH_END, "runtime.bn_recalibration_images=0"])
+    rep = RecordingReporter()
+    result = run_pretrain(spec, tmp_path, rep)
+    assert result["time_budget_spent"] and result["iterations"] == 4 and result["epochs"] == 1
+    assert [step for step, _ in rep.series("knn_acc@1")] == [4]
+    assert any("time budget spent at the end of epoch 1" in msg for _, msg in rep.logs)
+    assert not any("time budget spent at epoch" in msg for _, msg in rep.logs)
+    assert load_training_checkpoint(latest_checkpoint(tmp_path))["iteration"] == 4
+
+
+def test_a_budget_spent_in_an_epochs_last_step_makes_that_epoch_end_the_final_one(
+    tmp_path: Path, monkeypatch, one_thread
+):
+    """Spent during the epoch's last step: its epoch end is the run's end, so the final BatchNorm
+    recalibration runs before its one monitor pass."""
+    from obow.train import engine
+
+    clock = _fake_clock(monkeypatch)
+    step = engine.training_step
+
+    def timed_step(network, optimizer, batch, lr, autocast, iteration):
+        values = step(network, optimizer, batch, lr, autocast, iteration)
+        if iteration == 3:
+            clock["now"] += 1000.0
+        return values
+
+    monkeypatch.setattr(engine, "training_step", timed_step)
+    spec = load_pretrain_config("FashionMNIST/tiny", [*EPOCH_END, "runtime.bn_recalibration_images=64"])
+    rep = RecordingReporter()
+    result = run_pretrain(spec, tmp_path, rep)
+    assert result["time_budget_spent"] and result["iterations"] == 4 and result["epochs"] == 1
+    assert [step for step, _ in rep.series("knn_acc@1")] == [4]
+    logs = [msg for _, msg in rep.logs]
+    recalibrated = next(i for i, msg in enumerate(logs) if "re-estimated on 64 clean views" in msg)
+    ended = next(i for i, msg in enumerate(logs) if msg.startswith("epoch 1 done (time budget spent"))
+    assert recalibrated < ended
+    assert load_training_checkpoint(latest_checkpoint(tmp_path))["iteration"] == 4

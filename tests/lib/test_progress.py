@@ -101,8 +101,12 @@ class Marks(RecordingReporter):
 def test_eta_of_the_tiny_preset_is_within_a_quarter_of_the_actual_finish():
     """FashionMNIST/tiny with a smaller epoch (16 iterations in all, ~10 s on a CPU): the ETA shown at 25%
     and at 50% of the run against the time it then really took to finish (checkpoints included), and no
-    phase silent for more than 3 s. benchmarks/eta_accuracy.py measures the full presets in wall time."""
-    data = deep_update(preset_dict("FashionMNIST/tiny"), {"data": {"epoch_size": 256}, "runtime": {"device": "cpu"}})
+    phase silent for more than 3 s. benchmarks/eta_accuracy.py measures the full presets in wall time.
+    The end-of-run BatchNorm recalibration is left out: it is a phase of its own with its own progress, and
+    on 16 steps its second would be a quarter of the run (on the preset's 512, about 1%)."""
+    data = deep_update(preset_dict("FashionMNIST/tiny"), {
+        "data": {"epoch_size": 256}, "runtime": {"device": "cpu", "bn_recalibration_images": 0},
+    })
     rec = Marks()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads spin-wait for each other on a busy machine: CPU time goes astray
