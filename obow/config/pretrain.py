@@ -212,6 +212,11 @@ class RuntimeSpec(StrictModel):
 
     seed: int = Field(0, ge=0, le=MAX_SEED)
     workers: int = Field(2, ge=0, le=256)
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="torch intra-op threads of each training process; None: on the CPU, the cores per process "
+        "less its loader workers (unless OMP_NUM_THREADS is set), on a GPU torch's default",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_processes: int = Field(
         1, ge=1, le=64, description="DDP processes on this node (one per GPU; gloo processes on CPU)"

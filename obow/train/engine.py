@@ -36,6 +36,7 @@ from obow.reporting import NullReporter, Reporter, start_phase
 from obow.train.checkpoint import checkpoint_name, list_checkpoints, usable_checkpoint
 from obow.train.data import PretrainData, build_pretrain_data
 from obow.train.schedules import fitted_learning_rate, learning_rate, steps_within_budget
+from obow.train.threads import available_cores, training_threads
 
 
 class MeanMeter:
@@ -171,9 +172,9 @@ class Trainer:
         self.schedule_iterations: int | None = None
         # Only a length fitted by this process may grow: a resumed run keeps (or shortens) the one it saved.
         self.fitted_in_this_process = False
-        # The step whose epoch end last ran the monitors and saved: a budget spent during them ends the run
-        # there instead of measuring and saving the same step again.
-        self._epoch_end_step: int | None = None
+        # The step whose epoch end last ran the monitors (or had none to run) and saved: a budget spent
+        # during them ends the run there instead of measuring and saving the same step again.
+        self._monitored_epoch_end_step: int | None = None
         self.health = UsageWindow(
             spec.model.per_level("num_words"), spec.runtime.health_window, spec.runtime.collapse_threshold
         )
@@ -417,7 +418,7 @@ class Trainer:
                     self.save()
             # spent during the epoch-end monitors: their results and checkpoint are this step's final ones,
             # unless the end-of-run recalibration has yet to change the student
-            at_epoch_end = st.iteration_in_epoch == 0 and self._epoch_end_step == st.global_iteration
+            at_epoch_end = st.iteration_in_epoch == 0 and self._monitored_epoch_end_step == st.global_iteration
             if budget_spent and at_epoch_end and not self.spec.runtime.bn_recalibration_images:
                 if self.rank == 0:
                     rep.log(f"time budget spent at the end of epoch {st.epoch}: its monitors and checkpoint end it")
@@ -456,7 +457,8 @@ class Trainer:
                 values = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items()))
                 rep.log(f"epoch {st.epoch} done{spent}: {values}")
             self.save()
-            self._epoch_end_step = st.global_iteration
+            if self._monitors_due(st.epoch, final) or not spec.runtime.knn_monitor_every:
+                self._monitored_epoch_end_step = st.global_iteration
         # whole epochs as an int; a budget-fitted run that ended inside an epoch as a fraction
         part = st.iteration_in_epoch / self.iters_per_epoch
         return {
@@ -504,10 +506,14 @@ class Trainer:
         if self.rank == 0:
             self.reporter.log(f"student BatchNorm statistics re-estimated on {len(views)} clean views")
 
+    def _monitors_due(self, completed_epochs: int, final: bool) -> bool:
+        """Whether this epoch end runs the monitors: the same answer on every rank."""
+        every = self.spec.runtime.knn_monitor_every
+        return bool(every) and (final or completed_epochs % every == 0)
+
     def epoch_end_monitors(self, completed_epochs: int, final: bool = False) -> dict[str, float]:
         """The kNN monitor every `knn_monitor_every` epochs and, with a monitor at all, at the run's end."""
-        every = self.spec.runtime.knn_monitor_every
-        if not every or (completed_epochs % every and not final) or self.rank != 0:
+        if not self._monitors_due(completed_epochs, final) or self.rank != 0:
             return {}
         from obow.train.monitor import knn_monitor
 
@@ -538,23 +544,30 @@ def _train_process(
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist_utils.init_process_group(rank, world, backend, init_method or "")
+    r = spec.runtime
     try:
-        trainer = Trainer(spec, out_dir, reporter if rank == 0 else NullReporter(), rank, world)
-        latest = usable_checkpoint(out_dir, reporter if rank == 0 else None) if spec.runtime.resume else None
-        if latest is not None:
-            trainer.restore(latest)
+        with training_threads(r.threads, device.type == "cpu", world, r.workers) as threads:
             if rank == 0:
                 reporter.log(
-                    f"resumed from '{latest.name}' (epoch {trainer.state.epoch}, iteration "
-                    f"{trainer.state.global_iteration})"
+                    f"torch threads: {threads} per process ({available_cores()} cores, {world} process(es), "
+                    f"{r.workers} loader worker(s) each; runtime.threads sets it)"
                 )
-        if world > 1:
-            check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "start")
-        result = trainer.fit()
-        if world > 1:
-            check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "end")
-        dist_utils.barrier()
-        return result
+            trainer = Trainer(spec, out_dir, reporter if rank == 0 else NullReporter(), rank, world)
+            latest = usable_checkpoint(out_dir, reporter if rank == 0 else None) if spec.runtime.resume else None
+            if latest is not None:
+                trainer.restore(latest)
+                if rank == 0:
+                    reporter.log(
+                        f"resumed from '{latest.name}' (epoch {trainer.state.epoch}, iteration "
+                        f"{trainer.state.global_iteration})"
+                    )
+            if world > 1:
+                check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "start")
+            result = trainer.fit()
+            if world > 1:
+                check_ranks_agree(trainer.model, reporter if rank == 0 else NullReporter(), "end")
+            dist_utils.barrier()
+            return result
     finally:
         if world > 1 and dist_utils.is_distributed():
             torch.distributed.destroy_process_group()

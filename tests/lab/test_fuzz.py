@@ -50,6 +50,9 @@ CHECKS = [
     response_headers_conformance,
 ]
 EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 50}
+# The examples are derandomised, so SQLite's are the first ones of PostgreSQL's: PostgreSQL, the stricter
+# store (NUL bytes, 32-bit ids, encodings), gets all of them, SQLite the first 40%.
+BACKEND_SHARE = {"postgresql": 1.0, "sqlite": 0.4}
 STREAMS = ("/api/v1/runs/{run_id}/events",)
 
 
@@ -68,7 +71,7 @@ def _known(operation, ids: dict[str, Any]) -> dict[str, Any]:
     return {name: ids[name] for name in names if name in ids}
 
 
-def _fuzz(schema, lab, ids: dict[str, Any]) -> tuple[int, list[str]]:
+def _fuzz(schema, lab, ids: dict[str, Any], share: float = 1.0) -> tuple[int, list[str]]:
     """Every operation, both generation modes: (requests sent, failures as text)."""
     tried, failures = 0, []
 
@@ -94,7 +97,7 @@ def _fuzz(schema, lab, ids: dict[str, Any]) -> tuple[int, list[str]]:
             run: Callable = given(case=st.one_of(strategies))(one)
             try:
                 settings(
-                    max_examples=examples,
+                    max_examples=max(1, round(examples * share)),
                     derandomize=True,
                     database=None,
                     deadline=None,
@@ -105,11 +108,11 @@ def _fuzz(schema, lab, ids: dict[str, Any]) -> tuple[int, list[str]]:
     return tried, failures
 
 
-def test_fuzz_the_api_finds_no_server_error(lab, fuzzed):
+def test_fuzz_the_api_finds_no_server_error(lab, fuzzed, backend):
     schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", lab.client.app)
     operations = [r.ok() for r in schema.get_all_operations()]
     assert len(operations) >= 19 and any(op.path in STREAMS for op in operations)
-    tried, failures = _fuzz(schema, lab, fuzzed)
+    tried, failures = _fuzz(schema, lab, fuzzed, BACKEND_SHARE[backend])
     print(f"\nfuzz: {len(operations)} operations, {tried} inputs tried, {len(failures)} failures")
     assert tried >= len(operations) * 10
     assert not failures, "\n\n".join(failures[:20])

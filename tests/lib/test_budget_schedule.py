@@ -223,9 +223,13 @@ def _fake_clock(monkeypatch) -> dict[str, float]:
     return clock
 
 
-def test_a_budget_spent_during_the_epoch_end_monitors_ends_the_run_there(tmp_path: Path, monkeypatch, one_thread):
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_budget_spent_during_the_epoch_end_monitors_ends_the_run_there(
+    tmp_path: Path, monkeypatch, one_thread, every: int
+):
     """Spent while epoch 1's monitors run: the run ends at that step with those monitors and that
-    checkpoint, not with a second monitor pass and a second save of the same step."""
+    checkpoint, not with a second monitor pass and a second save of the same step. When epoch 1 had no
+    monitor to run (every 2 epochs), the run's final monitor runs at that step, once."""
     from obow.train import engine
 
     clock = _fake_clock(monkeypatch)
@@ -237,13 +241,16 @@ def test_a_budget_spent_during_the_epoch_end_monitors_ends_the_run_there(tmp_pat
         return values
 
     monkeypatch.setattr(engine.Trainer, "epoch_end_monitors", slow_monitors)
-    spec = load_pretrain_config("FashionMNIST/tiny", [*EPOCH_END, "runtime.bn_recalibration_images=0"])
+    spec = load_pretrain_config(
+        "FashionMNIST/tiny", [*EPOCH_END, f"runtime.knn_monitor_every={every}", "runtime.bn_recalibration_images=0"]
+    )
     rep = RecordingReporter()
     result = run_pretrain(spec, tmp_path, rep)
     assert result["time_budget_spent"] and result["iterations"] == 4 and result["epochs"] == 1
     assert [step for step, _ in rep.series("knn_acc@1")] == [4]
-    assert any("time budget spent at the end of epoch 1" in msg for _, msg in rep.logs)
-    assert not any("time budget spent at epoch" in msg for _, msg in rep.logs)
+    ended_there = any("time budget spent at the end of epoch 1" in msg for _, msg in rep.logs)
+    final_pass = any(msg.startswith("time budget spent at epoch 2 iteration 0") for _, msg in rep.logs)
+    assert (ended_there, final_pass) == ((True, False) if every == 1 else (False, True))
     assert load_training_checkpoint(latest_checkpoint(tmp_path))["iteration"] == 4
 
 
