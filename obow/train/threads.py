@@ -2,8 +2,8 @@
 
 torch starts one thread per core, but a training process also has its loader workers (one process each)
 and, with `runtime.num_processes`, sibling ranks on the same cores. Oversubscribed, OpenMP threads spin
-waiting for each other: on 2 cores, 2 threads beside one loader worker ran the CPU preset at 92 images/s,
-while the same run at 1 thread had made 143 images/s with another run sharing the machine.
+waiting for each other (the suite saw steps 30x slower on a loaded 2-core machine). On a quiet 2-core
+machine the CPU preset ran as fast with 1 thread beside its loader worker as with 2 (README).
 """
 
 from __future__ import annotations
