@@ -3,7 +3,7 @@ import os
 import pytest
 
 # Two cores are shared by the whole suite: keep each test process from oversubscribing them. Under
-# pytest-xdist (scripts/test.sh runs three workers) each worker gets one thread, so busy workers fill the
+# pytest-xdist (scripts/test.sh runs two workers) each worker gets one thread, so busy workers fill the
 # two cores without OpenMP threads spinning against each other.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 THREADS = 1 if XDIST_WORKER else 2

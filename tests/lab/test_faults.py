@@ -359,7 +359,10 @@ def test_a_run_whose_process_is_killed_fails_at_once(redis_pg):
         started = time.monotonic()
         done = wait_state(client, run["id"], ("failed", "succeeded"), 60)
         assert done["state"] == "failed" and "killed by SIGKILL" in done["error"], done["error"]
-        assert time.monotonic() - started < LEASE_S + 5
+        # the proof that the live worker failed it (no lease expiry): one attempt, "failed" with the signal (an
+        # expired lease gives "lost" and a requeue). The wall-time bound covers queueing and the process's start,
+        # which take several seconds on 2 cores shared with the other xdist worker
+        assert time.monotonic() - started < LEASE_S + 15
         assert [a["outcome"] for a in done["attempts"]] == ["failed"]
         # what was reported before its checkpoint at step 4 is stored (the reporter flushes first)
         assert [s for s, _ in _loss(client, run["id"])][:4] == list(range(4))
