@@ -553,7 +553,7 @@ def _train_process(
                     f"{r.workers} loader worker(s) each; runtime.threads sets it)"
                 )
             trainer = Trainer(spec, out_dir, reporter if rank == 0 else NullReporter(), rank, world)
-            latest = usable_checkpoint(out_dir, reporter if rank == 0 else None) if spec.runtime.resume else None
+            latest = usable_checkpoint(out_dir, reporter if rank == 0 else None) if r.resume else None
             if latest is not None:
                 trainer.restore(latest)
                 if rank == 0:

@@ -153,6 +153,14 @@ def test_a_resumed_budgeted_run_keeps_its_length(tmp_path: Path, one_thread):
         assert lr == pytest.approx(fitted_learning_rate(spec.optim, step - 1, total))
 
 
+def _fake_clock(monkeypatch) -> dict[str, float]:
+    from obow.train import engine
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
+    return clock
+
+
 def test_the_length_follows_the_pace_shortened_any_time_lengthened_only_early(tmp_path: Path, monkeypatch):
     """The probe and re-checks on a fake clock: 3 unmeasured steps, a 4-step probe, then a re-check every
     20 steps that shortens the schedule when the pace falls, lengthens it when the pace rises in the first
@@ -162,8 +170,7 @@ def test_the_length_follows_the_pace_shortened_any_time_lengthened_only_early(tm
     spec = load_pretrain_config("FashionMNIST/tiny", [*BUDGET, "runtime.time_budget_s=100", "runtime.budget_reserve=0"])
     rep = RecordingReporter()
     trainer = engine.Trainer(spec, tmp_path, rep)
-    clock = {"now": 0.0}
-    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
+    clock = _fake_clock(monkeypatch)
     probe = {"first_step": 0}
 
     def steps(n: int, seconds_each: float) -> None:
@@ -213,14 +220,6 @@ def test_a_spent_budget_ends_the_run_like_a_finished_one(tmp_path: Path, one_thr
 EPOCH_END = ["data.epoch_size=64", "data.batch_size=16", "runtime.workers=0", "optim.num_epochs=3",
              "runtime.time_budget_s=100", "runtime.knn_monitor_every=1", "runtime.knn_monitor_train_size=100",
              "runtime.knn_monitor_test_size=50"]
-
-
-def _fake_clock(monkeypatch) -> dict[str, float]:
-    from obow.train import engine
-
-    clock = {"now": 0.0}
-    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
-    return clock
 
 
 @pytest.mark.parametrize("every", [1, 2])
