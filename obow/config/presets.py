@@ -66,7 +66,13 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=0.1")
     path, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:  # control characters, lone surrogates, unbalanced brackets
+        key, problem = path.strip(), str(err).splitlines()[0]
+        raise ConfigError(
+            f"override '{key}': its value is not valid YAML ({problem}); quote text, e.g. {key}='text'"
+        ) from None
     node: dict[str, Any] = {}
     cursor = node
     keys = path.strip().split(".")

@@ -96,3 +96,9 @@ def test_bad_yaml_file(tmp_path: Path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pretrain_config(str(path))
+
+
+@pytest.mark.parametrize("raw", ["\x00", "\x01", "\ud800", "[1, 2"])
+def test_an_override_that_is_not_yaml_is_a_config_error_naming_it(raw):
+    with pytest.raises(ConfigError, match=r"override 'runtime\.threads': its value is not valid YAML"):
+        load_pretrain_config("FashionMNIST/tiny", [f"runtime.threads={raw}"])
