@@ -82,28 +82,36 @@ def test_progress_without_a_phase_is_one():
 
 
 class Marks(RecordingReporter):
-    """Records the ETA shown when training passes 25% and 50% of its iterations, in this process's CPU
-    time: the other jobs of a shared test machine change the wall time of a run by several times within
-    seconds, which no estimate can foresee; the estimator itself is what this test checks."""
+    """Records, in this process's CPU time, every training report and the ETA shown when training passes 25%
+    and 50% of its iterations."""
 
     def __init__(self) -> None:
         super().__init__(clock=time.process_time)
-        self.marks: dict[float, tuple[float, float]] = {}
+        self.marks: dict[float, tuple[int, float, float]] = {}  # share -> (done, when, ETA)
+        self.cpu_log: list[tuple[int, float]] = []  # (done, when) of every training report
 
     def progress(self, done: int, total: int) -> None:
         super().progress(done, total)
+        now = time.process_time()
+        self.cpu_log.append((done, now))
         snap = self.clock.snapshot()
         for share in (0.25, 0.5):
             if share not in self.marks and total and done >= share * total and snap["eta_s"] is not None:
-                self.marks[share] = (time.process_time(), snap["eta_s"])
+                self.marks[share] = (done, now, snap["eta_s"])
 
 
-def test_eta_of_the_tiny_preset_is_within_a_quarter_of_the_actual_finish():
-    """FashionMNIST/tiny with a smaller epoch (16 iterations in all, ~10 s on a CPU): the ETA shown at 25%
-    and at 50% of the run against the time it then really took to finish (checkpoints included), and no
-    phase silent for more than 3 s. benchmarks/eta_accuracy.py measures the full presets in wall time.
-    The end-of-run BatchNorm recalibration is left out: it is a phase of its own with its own progress, and
-    on 16 steps its second would be a quarter of the run (on the preset's 512, about 1%)."""
+def test_eta_of_the_tiny_preset_follows_the_pace_the_run_had():
+    """FashionMNIST/tiny with a smaller epoch (16 iterations in all, a few seconds on a CPU): the ETA shown
+    at 25% and at 50% of the run must lie between the rest of the run at the slower and at the faster
+    pace the run had (CPU time per iteration before that point and after it), and no phase may be silent
+    for more than 3 s.
+
+    Why a bracket and not "within a quarter of the real finish": on a 2-core machine whose other core
+    runs another test, one iteration's CPU time changes by 1.6x within seconds (shared caches and memory
+    bandwidth), which no estimate can foresee and which failed CI once; an estimator that is wrong
+    (wrong units, a factor, the phases to come, a rate over the wrong span) leaves the bracket on a quiet
+    machine and on a busy one. benchmarks/eta_accuracy.py measures the real error on the full presets.
+    The end-of-run BatchNorm recalibration is left out: it is a phase of its own with its own progress."""
     data = deep_update(preset_dict("FashionMNIST/tiny"), {
         "data": {"epoch_size": 256}, "runtime": {"device": "cpu", "bn_recalibration_images": 0},
     })
@@ -115,11 +123,21 @@ def test_eta_of_the_tiny_preset_is_within_a_quarter_of_the_actual_finish():
             runs.run("pretrain", build_pretrain_spec(data, "tiny"), Path(out), rec)
     finally:
         torch.set_num_threads(threads)
-    end = time.process_time()
     assert rec.phases() == ["training"] and set(rec.marks) == {0.25, 0.5}
-    for share, (when, eta) in rec.marks.items():
-        actual = end - when
-        assert abs(eta - actual) <= 0.25 * actual, f"at {share:.0%}: ETA {eta:.2f} s, took {actual:.2f} s"
+    total = 16
+    when_done = {}  # CPU time at the first report of each iteration count
+    for done, when in rec.cpu_log:
+        when_done.setdefault(done, when)
+    assert sorted(when_done) == list(range(total + 1))
+    for share, (done, _, eta) in rec.marks.items():
+        left = total - done
+        pace_before = (when_done[done] - when_done[0]) / done
+        pace_after = (when_done[total] - when_done[done]) / left
+        low, high = sorted((pace_before, pace_after))
+        assert 0.9 * left * low <= eta <= 1.1 * left * high, (
+            f"at {share:.0%}: ETA {eta:.2f} s for {left} iterations; the run's pace was {pace_before:.3f} s "
+            f"per iteration before and {pace_after:.3f} s after"
+        )
+    assert rec.marks[0.5][2] < rec.marks[0.25][2]  # it counts down
     times = [t for t, *_ in rec.progress_log]
     assert max(b - a for a, b in itertools.pairwise(times)) < 3.0  # wall time: any load
-
