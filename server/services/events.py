@@ -8,6 +8,7 @@ cursor: a connection cut between the `metrics` and the `logs` event of one poll 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from server.core.models import TERMINAL_STATES, LogLine, Metric, Run
 from server.schemas import INT64_MAX
 
 MAX_ROWS_PER_POLL = 5000
+_ID = re.compile(r"(\d{1,19})-(\d{1,19})-(-?\d{1,19})", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,12 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor | None:
-        try:
-            metric_id, log_id, version = (int(part) for part in (text or "").split("-"))
-        except ValueError:
+        """The inverse of str(); the version may be the start cursor's -1 ("5-3--1"), which a split on
+        "-" would reject, sending a reconnect that resumes from such an id back to "from now"."""
+        match = _ID.fullmatch(text or "")
+        if match is None:
             return None
+        metric_id, log_id, version = (int(part) for part in match.groups())
         if min(metric_id, log_id) < 0 or max(metric_id, log_id, abs(version)) > INT64_MAX:
             return None  # not an id this server made (the columns are 64-bit): start from now
         return cls(metric_id, log_id, version)

@@ -267,6 +267,24 @@ def test_sse_streams_and_resumes_from_last_event_id(lab):
     assert [e[1] for e in _sse(lab, run["id"])] == ["state", "end"]
 
 
+def test_a_stream_resumes_from_an_id_made_before_its_first_state_event(lab):
+    """A page renders the start cursor (version -1: it has not seen a state event yet); the first
+    events after it carry that version ("12-4--1"). A reconnect with such an id must resume right
+    after it, not fall back to "from now" (which lost the rest of the poll: here the logs)."""
+    from server.services.events import start_cursor
+
+    run = _submit(lab, kind="faketrain", spec={"steps": 12})
+    with lab.session() as session:
+        rendered = start_cursor(session)
+    execute_run(run["id"], lab.settings)
+    events = _sse(lab, run["id"], str(rendered))
+    assert [e[1] for e in events] == ["metrics", "logs", "state", "end"]
+    assert events[0][0].endswith("--1")  # the metrics came before the first state event of the stream
+    resumed = _sse(lab, run["id"], events[0][0])
+    assert [e[1] for e in resumed] == ["logs", "state", "end"]
+    assert resumed[0][2] == events[1][2]
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_an_export_option_the_format_ignores_is_a_422_naming_it(lab, monkeypatch):
     """The library's own export spec (not the test fake): caffe2 has no `plain` and torchvision no

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,8 +236,12 @@ def follow_with_httpx(url: str, run_id: int, out: Stream, deadline: float, token
             time.sleep(0.5)
 
 
+# metric id, log id, run version: -1 before the stream's first state event (a page's start cursor)
+ID_PATTERN = re.compile(r"(\d+)-(\d+)-(-1|\d+)")
+
+
 def parse_id(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split("-"))
+    return tuple(int(part) for part in ID_PATTERN.fullmatch(text).groups())
 
 
 def assert_exact(name: str, stream: Stream, from_start: bool = True) -> None:
@@ -250,6 +255,8 @@ def assert_exact(name: str, stream: Stream, from_start: bool = True) -> None:
         assert steps == list(range(first, STEPS)), f"{name} {key}: {len(steps)} points, first problems: " + str(
             [(i, s) for i, s in enumerate(steps, first) if s != i][:5]
         )
+    bad = [(n, t, i) for n, (t, i) in enumerate(stream.ids) if not ID_PATTERN.fullmatch(i)]
+    assert not bad, f"{name}: ids that are not cursors {bad[:5]}"
     ids = [parse_id(i) for t, i in stream.ids if t != "end"]
     for before, after in itertools.pairwise(ids):
         assert all(a >= b for a, b in zip(after, before, strict=True)) and after != before, (name, before, after)
