@@ -54,6 +54,8 @@ CONFIGS: dict[str, tuple[str, list[str], int]] = {
     ),
     # the Fashion-MNIST CPU preset as shipped (1/8-width small-stem ResNet18, 40/32/16 px views, K=1024)
     "fmnist-cpu": ("FashionMNIST/ResNet18s_OBoW_full_cpu", [], 20),
+    # the stock-ResNet18 CPU preset (7x7 stem, width 1, 80 px teacher, 2x64 px crops, K=512, batch 32)
+    "fmnist-r18": ("FashionMNIST/resnet18", [], 10),
     "r18-gpu": ("ImageNet20/ResNet18_OBoW_full", ["data.batch_size=128"], 10),
     "r50": ("ImageNetFull/ResNet50_OBoW_full", ["data.batch_size=64"], 10),
 }
