@@ -40,7 +40,7 @@ class Cursor:
         if match is None:
             return None
         metric_id, log_id, version = (int(part) for part in match.groups())
-        if min(metric_id, log_id) < 0 or max(metric_id, log_id, abs(version)) > INT64_MAX:
+        if max(metric_id, log_id, abs(version)) > INT64_MAX:
             return None  # not an id this server made (the columns are 64-bit): start from now
         return cls(metric_id, log_id, version)
 
