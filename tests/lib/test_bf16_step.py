@@ -50,13 +50,20 @@ def test_bf16_steps_keep_the_method_in_fp32_and_follow_the_fp32_steps():
     assert len(bf16_seen["targets"]) == len(fp32_seen["targets"]) == 2 * levels  # 2 steps, every level
     for got, ref in zip(bf16_seen["targets"], fp32_seen["targets"], strict=True):
         assert got.dtype == torch.float32
-        assert (got - ref).abs().sum(1).max() < 0.05  # L1 between the two target distributions of an image
+        # L1 between the two target distributions of an image: the rounding moves a little mass where
+        # words are near ties; how much depends on the CPU's bf16 kernels (under 0.05 on the AVX512-BF16
+        # machine this test was written on; on an AVX2-only one, whose bf16 convolutions take another
+        # code path, max 0.055 and mean 0.014 over the batch of 4)
+        l1 = (got - ref).abs().sum(1)
+        assert l1.max() < 0.1 and l1.mean() < 0.03, (float(l1.max()), float(l1.mean()))
     # the codes are nearly one-hot here: bf16 teacher features may tip a near tie to another word, rarely
     for got, ref in zip(bf16_seen["codes"], fp32_seen["codes"], strict=True):
         assert got.dtype == torch.float32
         assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
     for values, want in zip(bf16_values, fp32_values, strict=True):
-        for key in ("loss_total", "min_distance_lev@0", "temperature_mu_lev@0"):
+        checked = ["loss_total"] + [f"{name}_lev@{level}" for name in ("min_distance", "temperature_mu")
+                                    for level in range(levels)]
+        for key in checked:
             assert abs(values[key] - want[key]) <= 0.03 * abs(want[key]) + 1e-4, (key, values[key], want[key])
         assert values["alpha"] == want["alpha"]
 
