@@ -24,7 +24,7 @@ from torch import nn
 
 from obow import distributed as dist_utils
 from obow.config.pretrain import PretrainSpec
-from obow.devices import resolve_device
+from obow.devices import check_precision, resolve_device
 from obow.errors import CheckpointError, ConfigError, StopRequested
 from obow.hashing import sha256_of
 from obow.io.atomic import write_atomic
@@ -132,6 +132,7 @@ class Trainer:
         self.spec, self.out_dir, self.reporter = spec, Path(out_dir), reporter
         self.rank, self.world = rank, world
         self.device = resolve_device(spec.runtime.device, rank, "runtime.device")
+        check_precision(spec.runtime.precision, self.device)
         torch.manual_seed(spec.runtime.seed)
         random.seed(spec.runtime.seed)
         self.data: PretrainData = build_pretrain_data(spec, rank=rank, world_size=world)

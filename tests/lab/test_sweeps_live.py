@@ -141,6 +141,29 @@ def test_a_pruned_trial_stops_at_its_next_step_with_a_checkpoint(live):
     assert cause.startswith(f"pruned by sweep {created['id']}")
 
 
+def _stuck_sweep(session, sweep_id: int, server_log: str, worker_log: str) -> str:
+    """What a sweep that did not finish was waiting for: its trials, their runs' states, message ids and
+    histories, the run messages the broker holds, the worker processes alive, and both logs."""
+    lines = []
+    for trial in session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id).order_by(SweepTrial.number)):
+        run = session.get(Run, trial.run_id) if trial.run_id else None
+        lines.append(f"trial {trial.number} {trial.state} run {trial.run_id}: "
+                     f"{run and (run.state, run.task_id, run.cancel_requested)}")
+        if run is not None:
+            events = session.scalars(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id))
+            lines += [f"    {e.time:%H:%M:%S.%f} {e.transition} {e.from_state}->{e.to_state}: {e.cause}"
+                      for e in events]
+    try:
+        from server.core.queue import CeleryEnqueuer
+
+        lines.append(f"broker holds: {sorted(CeleryEnqueuer(REDIS_URL).pending_task_ids() or [])}")
+    except Exception as err:  # a diagnosis must not hide the failure it explains
+        lines.append(f"broker unreadable: {err}")
+    workers = subprocess.run(["pgrep", "-af", "worker_main"], capture_output=True, text=True).stdout
+    lines += [f"worker processes:\n{workers}", f"server log:\n{server_log}", f"worker log:\n{worker_log}"]
+    return "\n".join(lines)
+
+
 def test_killing_the_api_mid_sweep_loses_no_trial_and_duplicates_none(pg_url, tmp_path):
     """The API server process (production `obow lab serve`) is SIGKILLed after 2 of 6 trials and started
     again; its successor takes the sweep over once the lease expires and finishes it."""
@@ -210,9 +233,8 @@ def test_killing_the_api_mid_sweep_loses_no_trial_and_duplicates_none(pg_url, tm
         server.start()
         with maker() as session:
             while (sweep := session.get(Sweep, sweep_id)).state == "running":
-                assert time.monotonic() - killed_at < 180, (
-                    server.log.read_text()[-3000:],
-                    worker_log.read_text()[-3000:],
+                assert time.monotonic() - killed_at < 180, _stuck_sweep(
+                    session, sweep_id, server.log.read_text()[-3000:], worker_log.read_text()[-3000:]
                 )
                 time.sleep(0.5)
                 session.expire_all()

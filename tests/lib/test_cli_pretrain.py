@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 
 from obow.cli import main
@@ -46,3 +47,13 @@ def test_pretrain_bad_input_is_one_line_with_exit_2(tmp_path: Path):
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], (extra, result.output)
     assert not list((tmp_path / "out").rglob("checkpoint_*.pt"))
+
+
+def test_pretrain_bf16_without_native_bfloat16_is_one_line_with_the_fix(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    result = invoke("pretrain", "--config", "FashionMNIST/tiny", "--dst-dir", str(tmp_path), "--bf16",
+                    "--set", "runtime.device=cpu")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "no native bfloat16" in lines[0] and "runtime.precision=fp32" in lines[0], result.output
+    assert not list(tmp_path.rglob("checkpoint_*.pt"))
