@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from obow_lab_client import LabClient
 from server.core.db import make_engine, make_sessionmaker, upgrade
 from server.core.models import Artifact, Attempt, Metric, Run, RunEvent, Sweep, SweepTrial
+from server.core.queue import CeleryEnqueuer
 from server.core.settings import Settings
 from server.services import sweeps as sweeps_service
 from server.services import tokens
@@ -154,8 +155,6 @@ def _stuck_sweep(session, sweep_id: int, server_log: str, worker_log: str) -> st
             lines += [f"    {e.time:%H:%M:%S.%f} {e.transition} {e.from_state}->{e.to_state}: {e.cause}"
                       for e in events]
     try:
-        from server.core.queue import CeleryEnqueuer
-
         lines.append(f"broker holds: {sorted(CeleryEnqueuer(REDIS_URL).pending_task_ids() or [])}")
     except Exception as err:  # a diagnosis must not hide the failure it explains
         lines.append(f"broker unreadable: {err}")

@@ -60,9 +60,9 @@ def test_bf16_steps_keep_the_method_in_fp32_and_follow_the_fp32_steps():
     for got, ref in zip(bf16_seen["codes"], fp32_seen["codes"], strict=True):
         assert got.dtype == torch.float32
         assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+    checked = ["loss_total"] + [f"{name}_lev@{level}" for name in ("min_distance", "temperature_mu")
+                                for level in range(levels)]
     for values, want in zip(bf16_values, fp32_values, strict=True):
-        checked = ["loss_total"] + [f"{name}_lev@{level}" for name in ("min_distance", "temperature_mu")
-                                    for level in range(levels)]
         for key in checked:
             assert abs(values[key] - want[key]) <= 0.03 * abs(want[key]) + 1e-4, (key, values[key], want[key])
         assert values["alpha"] == want["alpha"]
