@@ -9,19 +9,6 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 THREADS = 1 if XDIST_WORKER else 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
-# Modules whose tests share the machine's Redis databases 14/15 (they flush them): one xdist worker runs
-# them all, one after the other; every other test may run beside them.
-SHARED_BROKER_MODULES = {
-    "test_browser", "test_dispatch", "test_faults", "test_hostile_worker", "test_integration",
-    "test_observe_live", "test_sse_restart", "test_sweeps_live",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SHARED_BROKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group("shared-broker"))
-
 
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():

@@ -33,7 +33,23 @@ from server.services.throttle import LoginThrottle
 from tests.lab import fake_kinds
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _redis_databases() -> tuple[int, int]:
+    """The two Redis databases this test process may flush: 15/14 alone or on xdist worker gw0, 13/12 on
+    gw1, and so on, so that live-worker modules on different xdist workers never share a broker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = 15 - 2 * index
+    if first < 1:
+        raise RuntimeError(f"xdist worker {worker}: Redis's 16 databases are enough for 7 test workers (-n 7 at most)")
+    return first, first - 1
+
+
+REDIS_DB, REDIS_SPARE_DB = _redis_databases()
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+# a second database for tests that need an empty broker of their own beside REDIS_URL's
+REDIS_SPARE_URL = f"redis://127.0.0.1:6379/{REDIS_SPARE_DB}"
 REPO = Path(__file__).resolve().parents[2]
 # Host names the in-process apps answer: TestClient's own ("testserver") and the defaults
 TEST_HOSTS = "testserver,localhost,127.0.0.1,::1"

@@ -12,7 +12,7 @@ from sqlalchemy import update
 from server.core.models import Run
 from server.core.queue import CeleryEnqueuer
 from server.services.redelivery import Redelivery
-from tests.lab.conftest import REDIS_URL
+from tests.lab.conftest import REDIS_SPARE_URL
 from worker.tasks import claim, execute_run
 
 
@@ -51,7 +51,7 @@ def test_concurrent_claims_of_one_run_have_one_winner(lab):
 
 
 def test_pending_task_ids_sees_waiting_and_unacknowledged_messages():
-    url = REDIS_URL.rsplit("/", 1)[0] + "/14"
+    url = REDIS_SPARE_URL
     client = redis.Redis.from_url(url)
     client.flushdb()
     enqueuer = CeleryEnqueuer(url)
