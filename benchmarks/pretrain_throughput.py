@@ -8,8 +8,8 @@ weight generators, loss, backward and SGD.
 
 Variants: `ref:<git ref>` runs the library as committed at that ref (extracted with `git archive`
 into a temporary folder, nothing in the repository changes), e.g. `ref:main` for the code before
-this branch; `fp32` is this tree as configured by default; `+cl` adds channels_last, `+compile`
-torch.compile of the student and teacher.
+this branch, with the same flags after it (`ref:main+bf16+cl`); `fp32` is this tree as configured by
+default; `bf16` autocast; `+cl` adds channels_last, `+compile` torch.compile of the student and teacher.
 
     python benchmarks/pretrain_throughput.py                          # both CPU configs, 5 repeats
     python benchmarks/pretrain_throughput.py --configs small --repeats 3 --variants fp32 fp32+cl
@@ -80,7 +80,11 @@ if cl:
 if "+compile" in variant:
     model.student.compile()
     model.teacher.compile()
-opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
+try:  # the library's own optimizer (fused SGD since issue 12); code before it had none: plain SGD
+    from obow.train.engine import build_optimizer
+    opt = build_optimizer(model, spec)
+except ImportError:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
 d, b = spec.data, spec.data.batch_size
 teacher = torch.randn(b, 3, d.teacher_size, d.teacher_size, device=device).contiguous(memory_format=fmt)
 groups = []
@@ -133,7 +137,7 @@ def run_child(variant: str, config: str, device: str, threads: int, refs_dir: Pa
     if variant.startswith("ref:"):
         ref, _, flags = variant[4:].partition("+")
         code_root = extract_ref(ref, refs_dir)
-        flags = "fp32" + ("+" + flags if flags else "")
+        flags = flags if flags.startswith("bf16") else "fp32" + ("+" + flags if flags else "")  # ref:X+bf16+cl
     args = {
         "variant": flags,
         "device": device,
