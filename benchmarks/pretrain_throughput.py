@@ -111,7 +111,10 @@ for step in range(args["warmup"] + args["steps"]):
         times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-print("RESULT " + json.dumps({"img_per_s": b * len(times) / sum(times), "rss_mib": peak, "gpu_mib": gpu}))
+times.sort()
+median = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+print("RESULT " + json.dumps({"img_per_s": b * len(times) / sum(times), "img_per_s_median_step": b / median,
+                              "rss_mib": peak, "gpu_mib": gpu}))
 """
 
 
@@ -173,6 +176,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: per config)")
+    parser.add_argument(
+        "--per-run", choices=["mean", "median-step"], default="mean",
+        help="a run's img/s: over all its timed steps, or from its median step (steady state: a slower "
+        "neighbour's bursts on a shared machine hit a few steps, not the median)",
+    )
     args = parser.parse_args()
     print(f"load average before: {load_average()}  (cpus: {os.cpu_count()}, threads per run: {args.threads})")
     results: dict[tuple[str, str], list[dict]] = {}
@@ -183,6 +191,8 @@ def main() -> None:
                     start = time.perf_counter()
                     res = run_child(variant, config, args.device, args.threads, Path(refs), args.steps)
                     results.setdefault((config, variant), []).append(res)
+                    if "error" not in res and args.per_run == "median-step":
+                        res["img_per_s"] = res.get("img_per_s_median_step", res["img_per_s"])
                     shown = res.get("error") or f"{res['img_per_s']:.2f} img/s, {res['rss_mib']:.0f} MiB"
                     print(f"  [{config} round {rep + 1}] {variant}: {shown} ({time.perf_counter() - start:.0f} s)",
                           flush=True)

@@ -81,8 +81,8 @@ def build_optimizer(model: OBoW, spec: PretrainSpec) -> torch.optim.SGD:
 
     On CPU and CUDA the fused kernel updates every parameter in one call instead of a Python loop over
     the ~60 tensors: the same numbers bit for bit (checked on CPU in float32 and float64; the exact-step
-    test pins it to a loop re-implementation) in a third of the time on a ResNet18 (7 against 23 ms per
-    step on one CPU thread), a few per cent of a small step."""
+    test pins it to a loop re-implementation) in a third of the time on a ResNet18 (7 against 23 ms on one
+    CPU thread); about 1% of issue 12's "small" step at 2 threads, more where the network is tiny."""
     o = spec.optim
     params = model.trainable_parameters()
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
