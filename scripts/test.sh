@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services.sh
 .venv/bin/ruff check .
-# two workers of one thread each, each with its own Redis databases for the live tests' brokers
+# two workers of one thread each; the live-worker test modules all on one of them (tests/conftest.py)
 # (three workers were no faster on 2 cores and made the live tests' time limits flaky)
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist load "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"

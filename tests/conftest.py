@@ -9,6 +9,21 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 THREADS = 1 if XDIST_WORKER else 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
+# Modules that start live servers and Celery workers: one xdist worker runs them all, one after another.
+# Each xdist worker has Redis databases of its own (tests/lab/conftest.py), so they could spread over both,
+# but two of them time things against a live worker (a phase sampled mid-training, a prune seen within one
+# short epoch) and failed that way when they ran beside each other: they stay together until those hold.
+LIVE_BROKER_MODULES = {
+    "test_browser", "test_dispatch", "test_faults", "test_hostile_worker", "test_integration",
+    "test_observe_live", "test_sse_restart", "test_sweeps_live",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in LIVE_BROKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("live-broker"))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
