@@ -5,7 +5,9 @@ overrides into a temporary folder, then scores, on the monitor's seeded subsets 
 by default, as the kNN bank and the probe's training set; 2,000 test images), with kNN (k = 20) and a
 logistic-regression probe: the student as trained, the student after BatchNorm recalibration on 2,048
 clean views, and the teacher. INIT=1 also scores the network at initialisation; T sets torch's threads
-(1 by default). One JSON line per run goes to stdout and to RESULTS (default `recipe_proxy.jsonl`).
+(1 by default); EVAL_SEED fixes the scoring subsets (default: the run's seed), so runs that differ only in
+`runtime.seed` are scored on the same images. One JSON line per run goes to stdout and to RESULTS
+(default `recipe_proxy.jsonl`).
 
     python benchmarks/recipe_proxy.py nopatch FashionMNIST/ResNet18s_OBoW_full_cpu runtime.time_budget_s=300 \
         runtime.workers=0 data.num_img_patches=0
@@ -50,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("T", "1")))
     name, preset, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
     spec = load_pretrain_config(preset, overrides)
-    d, seed = spec.data, spec.runtime.seed
+    d, seed = spec.data, int(os.environ.get("EVAL_SEED", spec.runtime.seed))
     views = eval_transform(d.teacher_resize, d.teacher_size, d.mean, d.std)
     train = open_dataset(d.dataset_name, d.data_dir, "train")
     test = open_dataset(d.dataset_name, d.data_dir, "test")
@@ -60,7 +62,7 @@ def main() -> None:
 
     result: dict = {"name": name, "preset": preset, "overrides": overrides}
     if os.environ.get("INIT"):
-        torch.manual_seed(seed)
+        torch.manual_seed(spec.runtime.seed)
         result["init"] = score(build_obow(spec).student, bank, queries)
     out = Path(tempfile.mkdtemp(prefix=f"proxy_{name}_"))
     start, load_before = time.monotonic(), os.getloadavg()[0]
