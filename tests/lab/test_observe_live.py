@@ -95,9 +95,13 @@ def test_provenance_system_metrics_and_phases_of_a_real_run(live, page):  # noqa
         labels = [label for label, _ in itertools.groupby(p["label"] for p in phases)]
         assert labels[-2:] == ["training", "BatchNorm recalibration"], labels
         assert set(labels) <= {"starting", "training", "BatchNorm recalibration"}, labels
-        trained = [p for p in phases if p["label"] == "training"][-1]
-        # (the stream samples the phase: the recalibration may replace training before 16/16 is seen)
-        assert trained["done"] >= 8 and (trained["total"], trained["unit"]) == (16, "iterations")
+        training = [p for p in phases if p["label"] == "training"]
+        # the stream samples the phase: how far training got in the last sample before the recalibration
+        # replaced it depends on the machine's load (7/16 seen once, beside another live test), so the
+        # check is that the count moved, never went back, and counts the run's 16 iterations
+        done_counts = [p["done"] for p in training]
+        assert done_counts == sorted(done_counts) and done_counts[-1] >= 1, done_counts
+        assert {(p["total"], p["unit"]) for p in training} == {(16, "iterations")}, training
         last = phases[-1]
         assert (last["done"], last["total"], last["unit"]) == (64, 64, "images")
         assert done["phase"] == last and (done["progress_done"], done["progress_total"]) == (64, 64)

@@ -50,12 +50,16 @@ def test_bf16_steps_keep_the_method_in_fp32_and_follow_the_fp32_steps():
     assert len(bf16_seen["targets"]) == len(fp32_seen["targets"]) == 2 * levels  # 2 steps, every level
     for got, ref in zip(bf16_seen["targets"], fp32_seen["targets"], strict=True):
         assert got.dtype == torch.float32
-        # L1 between the two target distributions of an image: the rounding moves a little mass where
-        # words are near ties; how much depends on the CPU's bf16 kernels (under 0.05 on the AVX512-BF16
-        # machine this test was written on; on an AVX2-only one, whose bf16 convolutions take another
-        # code path, max 0.055 and mean 0.014 over the batch of 4)
+        # L1 between the two target distributions of an image: the rounding moves mass where words are
+        # near ties; how much depends on the CPU's bf16 kernels: under 0.05 on the AMD AVX512-BF16
+        # machine this test was written on, max 0.055 / mean 0.014 over the batch of 4 on an AVX2-only
+        # one, and max 0.27 / mean 0.068 (step 2, block3; the teacher's block3/block4 features 2.2% /
+        # 3.5% off float32 there, against 0.3% for one convolution) on an Intel one with AMX, whose
+        # bf16 convolutions take yet another code path. A target computed in bf16 itself, or from
+        # features not upcast, is what this bound is for; the codes' argmax and the losses below are
+        # the tighter checks.
         l1 = (got - ref).abs().sum(1)
-        assert l1.max() < 0.1 and l1.mean() < 0.03, (float(l1.max()), float(l1.mean()))
+        assert l1.max() < 0.4 and l1.mean() < 0.1, (float(l1.max()), float(l1.mean()))
     # the codes are nearly one-hot here: bf16 teacher features may tip a near tie to another word, rarely
     for got, ref in zip(bf16_seen["codes"], fp32_seen["codes"], strict=True):
         assert got.dtype == torch.float32
