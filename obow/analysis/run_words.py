@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from obow.analysis.words import collect_top_patches, write_gallery
@@ -15,6 +14,7 @@ from obow.data.sources import open_dataset
 from obow.data.views import ViewDataset
 from obow.errors import ConfigError
 from obow.io.checkpoint import load_training_checkpoint
+from obow.models.loaders import in_order_loader
 from obow.models.obow import build_obow
 from obow.reporting import Reporter, check_stop, start_phase
 
@@ -44,7 +44,7 @@ def run_words(spec: WordsSpec, out_dir: Path, reporter: Reporter) -> dict[str, A
             start_phase(reporter, "collecting patches", total, "images", done=done)
         i = pre.model.bow_levels.index(level)
         vocab = model.bow_extractor.levels[i]
-        loader = DataLoader(dataset, batch_size=spec.batch_size, num_workers=spec.workers, shuffle=False)
+        loader = in_order_loader(dataset, spec.batch_size, spec.workers)
 
         def progress(n: int) -> None:
             nonlocal done

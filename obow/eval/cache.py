@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from obow.data.sources import ImageSource
 from obow.data.views import ViewDataset
 from obow.models.backbone import ResNetBackbone
+from obow.models.loaders import in_order_loader
 from obow.progress import Upcoming
 from obow.reporting import Reporter, check_stop, start_phase
 
@@ -62,7 +62,7 @@ def _fill(
     # (2 or 10 views) and the test cache (1), so the rate measured on one predicts the other
     start_phase(reporter, label, len(dataset) * views, "views", upcoming=upcoming)
     images_per_batch = max(1, batch_size // views)
-    data = DataLoader(dataset, batch_size=images_per_batch, shuffle=False, num_workers=workers)
+    data = in_order_loader(dataset, images_per_batch, workers)
     done = 0
     for images, targets in data:
         check_stop(reporter)

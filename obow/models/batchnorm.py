@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from obow.models.loaders import in_order_loader
 from obow.reporting import Reporter, start_phase
 
 
@@ -40,7 +41,7 @@ def recalibrate_batchnorm(
     layers = batchnorm_layers(backbone)
     if not layers:
         return 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = in_order_loader(dataset, batch_size)
     momenta = [layer.momentum for layer in layers]
     was_training = backbone.training
     total, done, batches = len(dataset), 0, 0  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from obow.models.backbone import ResNetBackbone
+from obow.models.loaders import in_order_loader
 from obow.progress import Upcoming
 from obow.reporting import Reporter, start_phase
 
@@ -37,9 +38,7 @@ def extract_features(
     The backbone is put in eval mode (BN running statistics) and restored to its previous mode after.
     With a `reporter`, the pass is a phase called `label`, counted in images and reported per batch.
     """
-    loader = dataset if isinstance(dataset, DataLoader) else DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers
-    )
+    loader = dataset if isinstance(dataset, DataLoader) else in_order_loader(dataset, batch_size, workers)
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
