@@ -104,7 +104,7 @@ def test_eta_of_the_tiny_preset_follows_the_pace_the_run_had():
     """FashionMNIST/tiny with a smaller epoch (16 iterations in all, a few seconds on a CPU): the ETA shown
     at 25% and at 50% of the run must lie between the rest of the run at the slower and at the faster
     pace the run had (CPU time per iteration before that point and after it), and no phase may be silent
-    for more than 3 s.
+    for more than 3 s of CPU time.
 
     Why a bracket and not "within a quarter of the real finish": on a 2-core machine whose other core
     runs another test, one iteration's CPU time changes by 1.6x within seconds (shared caches and memory
@@ -139,5 +139,7 @@ def test_eta_of_the_tiny_preset_follows_the_pace_the_run_had():
             f"per iteration before and {pace_after:.3f} s after"
         )
     assert rec.marks[0.5][2] < rec.marks[0.25][2]  # it counts down
-    times = [t for t, *_ in rec.progress_log]
-    assert max(b - a for a, b in itertools.pairwise(times)) < 3.0  # wall time: any load
+    # silence in this process's CPU time, so what counts is unreported work, not the scheduler: in wall time
+    # one gap between two 0.2 s iterations reached 3.5 s while the other core ran a browser test's processes
+    cpu_times = [when for _, when in rec.cpu_log]
+    assert max(b - a for a, b in itertools.pairwise(cpu_times)) < 3.0
