@@ -33,7 +33,7 @@ def test_the_knn_monitor_does_not_change_what_the_run_trains_on(tmp_path: Path):
     states = {}
     for name, monitor in (("off", off), ("on", on)):
         reporter = RecordingReporter()
-        run_pretrain(tiny_spec("optim.num_epochs=2", *monitor), tmp_path / name, reporter)
+        run_pretrain(tiny_spec("optim.num_epochs=1", *monitor), tmp_path / name, reporter)
         states[name] = load_training_checkpoint(latest_checkpoint(tmp_path / name))["model"]
         assert bool(reporter.series("knn_acc@1")) == (name == "on")
     assert states["on"].keys() == states["off"].keys()
