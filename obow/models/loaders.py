@@ -10,23 +10,17 @@ outside the training loader goes through `in_order_loader`, which gives the load
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-def in_order_loader(
-    dataset: Dataset, batch_size: int, workers: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None
-) -> DataLoader:
+def in_order_loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
     """Batches of `dataset` in index order; iterating it leaves torch's global random state as it was."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate_fn,
         # fixed: a worker's seed then depends on nothing outside this pass
         generator=torch.Generator().manual_seed(0),
     )
