@@ -89,11 +89,15 @@ def test_a_grid_sweep_of_four_tiny_trials_runs_exactly_the_grid(live):
 
 def test_a_pruned_trial_stops_at_its_next_step_with_a_checkpoint(live):
     """Trial 0 trains on all of Fashion-MNIST; trial 1 on 2 images per class, so its epoch-1 kNN (a
-    20-image memory bank) is far below trial 0's: the median pruner stops it."""
+    20-image memory bank) is far below trial 0's: the median pruner stops it.
+
+    Epoch 2 has 40 steps: the prune (metric flush, a controller tick, the worker's next cancel check) takes
+    a second or two, and an 8-step epoch (a tenth of a second each) was sometimes over before it came."""
     body = {
         "kind": "pretrain",
         "preset": "FashionMNIST/tiny",
-        "spec": {**TINY, "optim": {"num_epochs": 3}, "runtime": {**TINY["runtime"], "max_iters_per_epoch": 8}},
+        "spec": {**TINY, "data": {"epoch_size": 40 * 32}, "optim": {"num_epochs": 2},
+                 "runtime": {**TINY["runtime"], "max_iters_per_epoch": 40}},
         "space": {"data.subset": {"type": "choice", "values": [-1, 2]}},
         "method": "grid",
         "seed": 2,
@@ -127,17 +131,17 @@ def test_a_pruned_trial_stops_at_its_next_step_with_a_checkpoint(live):
                 RunEvent.run_id == run["id"], RunEvent.transition == "request_cancel"
             )
         ).one()
-    assert knn_steps == [8]  # one kNN report (end of epoch 1), then stopped inside epoch 2
+    assert knn_steps == [40]  # one kNN report (end of epoch 1), then stopped inside epoch 2
     newest = max(ckpts, key=lambda a: a.id)
     # the stop checkpoint: at the step of epoch 2 where the cancel was seen (`checkpoint_0001.pt` again
     # when that was its first step), written after the prune asked for it
     found = re.search(r"checkpoint_0001(?:_it(\d+))?\.pt$", newest.path)
-    assert found and int(found.group(1) or 0) < 8, [a.path for a in ckpts]
+    assert found and int(found.group(1) or 0) < 40, [a.path for a in ckpts]
     # written after the prune asked for it (when the stop came at the first step of epoch 2 it reuses
     # the epoch-1 file name, so the store may hold one row for both)
     assert newest.created_at >= cancelled_at
-    stopped_at = 8 + int(found.group(1) or 0)
-    assert trained_steps[-1] <= stopped_at < run["progress_total"] == 24, (trained_steps, stopped_at, run)
+    stopped_at = 40 + int(found.group(1) or 0)
+    assert trained_steps[-1] <= stopped_at < run["progress_total"] == 80, (trained_steps, stopped_at, run)
     assert (live.settings.artifact_root / newest.path).is_file()
     assert cause.startswith(f"pruned by sweep {created['id']}")
 
