@@ -22,7 +22,10 @@ def main(queues: str, pool: str, loglevel: str, name: str) -> None:
         from obow.procs import exit_with_parent
 
         exit_with_parent(int(parent), signal.SIGTERM)
+    from server.core.queue import prepare_broker
     from worker.celery_app import app
+
+    prepare_broker(app.conf.broker_url, queues.split(","))
 
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
     node = f"{name}-{gpu}" if gpu else name

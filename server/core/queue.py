@@ -7,6 +7,8 @@ same `make_celery` and adds the task module (`include`), so the server never imp
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -42,6 +44,34 @@ def make_celery(broker_url: str, include: Sequence[str] = ()) -> Celery:
     return app
 
 
+def prepare_broker(broker_url: str, queues: Iterable[str] = QUEUES, attempts: int = 20) -> None:
+    """Create the embedded SQLite broker's tables and queue rows before any process relies on them.
+
+    kombu's SQLAlchemy transport creates both on first use, without guarding against another process
+    doing the same: a worker and the API (or two workers) starting on a new `broker.db` at once lose to
+    "table kombu_queue already exists" (a failed send) or a duplicate queue row, an IntegrityError that
+    kills the Celery worker ("Unrecoverable error") and leaves runs queued. The loser of such a race
+    retries after a short random pause; once both exist every later use only reads them. Other brokers
+    (Redis) create queues atomically: nothing to do.
+    """
+    if not broker_url.startswith("sqla+"):
+        return
+    from kombu import Connection
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(attempts):
+        try:
+            with Connection(broker_url) as connection:
+                channel = connection.default_channel
+                for queue in queues:
+                    channel.queue_declare(queue=queue)
+            return
+        except DBAPIError:  # another process won the race, or held the database's lock
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 + random.random() * 0.2)
+
+
 def send_run(app: Celery, run_id: int, queue: str, retry: bool = False) -> str:
     """Send a run's message by task name; its task id names the run, so a broker's contents can be
     matched with the lab's rows (redelivery). `retry`: Celery's publish retries (the API fails fast)."""
@@ -62,6 +92,7 @@ class CeleryEnqueuer:
 
     def __call__(self, run: Run) -> str:
         if self._app is None:
+            prepare_broker(self._broker_url)
             self._app = make_celery(self._broker_url)
         return send_run(self._app, run.id, run.queue)
 
