@@ -75,5 +75,7 @@ class ExportFormatOut(BaseModel):
 
 
 class ExportFormatsOut(BaseModel):
-    backbone: dict[str, Any] | None = Field(description="arch, small_stem, width of the weights; null: unknown")
+    backbone: dict[str, Any] | None = Field(
+        description="arch, small_stem, width (and block4_width when set apart) of the weights; null: unknown"
+    )
     formats: dict[str, ExportFormatOut]

@@ -267,6 +267,7 @@ class BaselineSpec(StrictModel):
     arch: Literal["resnet18", "resnet50"] = Field("resnet18", description="random_init: the backbone to draw")
     small_stem: bool = False
     width: float = Field(1.0, gt=0, le=4)
+    block4_width: float | None = Field(None, gt=0, le=4, description="random_init: block4's own width, if apart")
     evaluation: dict[str, Any] = Field(
         default_factory=dict, description="The evaluation's protocol: its spec without checkpoint, dataset, data_dir"
     )
@@ -300,6 +301,8 @@ def baseline_key(spec: BaselineSpec) -> str:
                              "data_dir": spec.data_dir, "evaluation": protocol_of(spec.evaluation_spec())}
     if spec.features == "random_init":
         ident.update(arch=spec.arch, small_stem=spec.small_stem, width=spec.width)
+        if spec.block4_width is not None:  # only then, so that earlier baselines keep their keys
+            ident["block4_width"] = spec.block4_width
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 

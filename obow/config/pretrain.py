@@ -46,7 +46,7 @@ class StrictModel(BaseModel):
 
 
 class FeatureExtractorOpts(StrictModel):
-    """Backbone options. `small_stem` and `width` exist for small images and CPU budgets."""
+    """Backbone options. `small_stem`, `width` and `block4_width` exist for small images and CPU budgets."""
 
     # Every original config sets it; the student's features are always globally average-pooled, so any
     # other value would be silently ignored: it is refused instead.
@@ -55,6 +55,17 @@ class FeatureExtractorOpts(StrictModel):
         False, description="3x3 stride-1 first conv and no max-pool (stride 8 to block4), for small images"
     )
     width: float = Field(1.0, gt=0, le=4, description="Channel multiplier of every stage (1.0 = torchvision)")
+    block4_width: float | None = Field(
+        None, gt=0, le=4, description="Channel multiplier of block4 alone (default: width); widens the pooled "
+        "features for little compute on a small-stem network"
+    )
+
+    @field_validator("width", "block4_width", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # pydantic would read true as a width of 1.0
+            raise ValueError("a channel multiplier is a number, not true/false")
+        return value
 
 
 class BowExtractorOpts(StrictModel):

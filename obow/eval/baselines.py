@@ -34,7 +34,9 @@ def baseline_features(spec: BaselineSpec, size: int) -> nn.Module:
     if spec.features == "raw_pixels":
         return RawPixels(size, 1 if spec.dataset in GREY_DATASETS else 3)
     torch.manual_seed(spec.evaluation_spec().seed)
-    return build_backbone(spec.arch, small_stem=spec.small_stem, width=spec.width).eval()
+    return build_backbone(
+        spec.arch, small_stem=spec.small_stem, width=spec.width, block4_width=spec.block4_width
+    ).eval()
 
 
 def run_baseline(spec: BaselineSpec, out_dir: Path, reporter: Reporter) -> dict[str, Any]:

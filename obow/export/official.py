@@ -115,7 +115,9 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
         opts = {} if kind == "backbone" else out["spec"]["model"].get("feature_extractor_opts", {})
         stem = out.get("small_stem", False) if kind == "backbone" else opts.get("small_stem", False)
         width = out.get("width", 1.0) if kind == "backbone" else opts.get("width", 1.0)
-        result = {"kind": kind, "arch": arch, "levels": levels, "small_stem": bool(stem), "width": float(width)}
+        block4 = out.get("block4_width") if kind == "backbone" else opts.get("block4_width")
+        result = {"kind": kind, "arch": arch, "levels": levels, "small_stem": bool(stem), "width": float(width),
+                  **({"block4_width": float(block4)} if block4 is not None else {})}
     else:
         found = foreign_state(payload, path)
         state, layout, epoch = found.state, found.layout, epoch_of(found.envelope, path)
@@ -151,6 +153,7 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
                 )
             out = backbone_payload(backbone, source, fc)
             result = {"kind": "backbone", "arch": backbone.arch, "levels": [],
-                      "small_stem": backbone.small_stem, "width": backbone.width}
+                      "small_stem": backbone.small_stem, "width": backbone.width,
+                      **({"block4_width": backbone.block4_width} if backbone.block4_width is not None else {})}
     save_atomic(out, dst)
     return {**result, "layout": layout, "path": str(dst), "sha256": sha256_of(dst), "size": dst.stat().st_size}

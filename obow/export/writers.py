@@ -59,7 +59,7 @@ def legacy_numpy_pickle(obj: object) -> bytes:
 
 def require_stock_resnet(backbone: ResNetBackbone, fmt: str) -> None:
     """torchvision, Caffe2 and Detectron2 readers build a standard ResNet and load into it by name."""
-    problem = backbone_error(fmt, backbone.small_stem, backbone.width)
+    problem = backbone_error(fmt, backbone.small_stem, backbone.width, backbone.block4_width)
     if problem:
         raise ConfigError(problem)
 
@@ -218,6 +218,7 @@ def export_detectron2(job: ExportJob) -> dict[str, Any]:
 def export_safetensors(job: ExportJob) -> dict[str, Any]:
     backbone, loaded = job.backbone, job.loaded
     meta = {"arch": backbone.arch, "small_stem": str(backbone.small_stem), "width": str(backbone.width),
+            **({"block4_width": str(backbone.block4_width)} if backbone.block4_width is not None else {}),
             "source_sha256": job.source_sha, "source_format": loaded.source_format,
             "source_epoch": str(loaded.epoch)}
     write_safetensors(job.path, backbone, meta)

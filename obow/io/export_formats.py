@@ -64,17 +64,20 @@ def option_error(fmt: str, option: str) -> str | None:
     return f"{option} does not apply to format '{fmt}'; it applies to {', '.join(formats_honouring(option))} only"
 
 
-def backbone_error(fmt: str, small_stem: bool, width: float) -> str | None:
+def backbone_error(fmt: str, small_stem: bool, width: float, block4_width: float | None = None) -> str | None:
     """Why a backbone with this stem and width cannot be exported as `fmt`, or None when it can. The
     torchvision, Caffe2 and Detectron2 readers build a stock ResNet and load into it by name, so they have
     no place for a 3x3 small-image stem or other channel widths. Torch-free: the lab's server asks it at
     submit (from the parent's spec) and its form greys out the formats it refuses."""
-    if not EXPORT_FORMATS[fmt].needs_stock_resnet or (not small_stem and float(width) == 1.0):
+    stock = not small_stem and float(width) == 1.0 and (block4_width is None or round(512 * float(block4_width)) == 512)
+    if not EXPORT_FORMATS[fmt].needs_stock_resnet or stock:
         return None
     able = ", ".join(name for name, f in EXPORT_FORMATS.items() if not f.needs_stock_resnet)
     return (
         f"{fmt} export needs a standard ResNet (7x7 stem, width 1.0); this backbone has "
-        f"small_stem={small_stem}, width={width}: export it as {able} instead"
+        f"small_stem={small_stem}, width={width}"
+        + (f", block4_width={block4_width}" if block4_width is not None else "")
+        + f": export it as {able} instead"
     )
 
 

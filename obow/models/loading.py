@@ -45,7 +45,8 @@ def read_lab_checkpoint(found: Identified, path: Path) -> LoadedBackbone:
     opts = payload["spec"]["model"]
     fe = opts.get("feature_extractor_opts", {})
     backbone = build_backbone(
-        opts["feature_extractor_arch"], small_stem=fe.get("small_stem", False), width=fe.get("width", 1.0)
+        opts["feature_extractor_arch"], small_stem=fe.get("small_stem", False), width=fe.get("width", 1.0),
+        block4_width=fe.get("block4_width"),
     )
     load_state_strict(backbone, strip_prefix(payload["model"], "student."), f"student of '{path}'")
     return LoadedBackbone(backbone, PRETRAIN_FORMAT, epoch=payload.get("epoch"), spec=payload["spec"])

@@ -178,7 +178,9 @@ class OBoW(nn.Module):
 def build_obow(spec: PretrainSpec) -> OBoW:
     m = spec.model
     fe = m.feature_extractor_opts
-    student = build_backbone(m.feature_extractor_arch, small_stem=fe.small_stem, width=fe.width)
+    student = build_backbone(
+        m.feature_extractor_arch, small_stem=fe.small_stem, width=fe.width, block4_width=fe.block4_width
+    )
     ex = m.bow_extractor_opts
     return OBoW(
         student,

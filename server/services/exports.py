@@ -43,7 +43,7 @@ def create_export(
     weights = _weights(session, run, body.artifact_id)
     backbone = backbones.of_weights(run, weights)
     if backbone is not None and body.format in EXPORT_FORMATS:
-        reason = backbone_error(body.format, backbone.small_stem, backbone.width)
+        reason = backbone_error(body.format, backbone.small_stem, backbone.width, backbone.block4_width)
         if reason:
             raise invalid(("body", "format"), reason, "format_not_possible")
     spec = {**body.options, "format": body.format}
