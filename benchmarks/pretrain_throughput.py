@@ -52,7 +52,8 @@ CONFIGS: dict[str, tuple[str, list[str], int]] = {
         ],
         5,
     ),
-    # the Fashion-MNIST CPU preset as shipped (1/8-width small-stem ResNet18, 40/32/16 px views, K=1024)
+    # the Fashion-MNIST CPU preset as shipped (1/8-width small-stem ResNet18 with a 1/4-width block4, a 40 px
+    # teacher and 2x32 px crops, K=1024); the README's older fmnist-cpu rows had 5x16 px patches too
     "fmnist-cpu": ("FashionMNIST/ResNet18s_OBoW_full_cpu", [], 20),
     # the stock-ResNet18 CPU preset (7x7 stem, width 1, 80 px teacher, 2x64 px crops, K=512, batch 32)
     "fmnist-r18": ("FashionMNIST/resnet18", [], 10),

@@ -39,10 +39,13 @@ def test_grid_patches_with_jitter_stay_in_their_cells():
 
 
 def test_views_have_the_configured_shapes():
-    spec = load_pretrain_config("FashionMNIST/ResNet18s_OBoW_full_cpu")
     source = open_dataset("FashionMNIST", None, "test", subset=2)
+    spec = load_pretrain_config("FashionMNIST/ResNet18s_OBoW_full_cpu")
     teacher, groups, _ = MultiCropDataset(source, spec.data)[0]
     assert teacher.shape == (3, 40, 40)
+    assert [g.shape for g in groups] == [(2, 3, 32, 32)]  # the CPU preset trains without patches
+    spec = load_pretrain_config("FashionMNIST/ResNet18s_OBoW_full_cpu", ["data.num_img_patches=5"])
+    teacher, groups, _ = MultiCropDataset(source, spec.data)[0]
     assert [g.shape for g in groups] == [(2, 3, 32, 32), (5, 3, 16, 16)]
     imagenet = DataSpec(num_img_patches=5)
     photos = open_dataset("FoolboxImageNet", None, "train")
