@@ -152,8 +152,6 @@ def import_checkpoint(path: Path, dst: Path) -> dict[str, Any]:
                     f"'{path}': fc.weight has shape {list(fc['weight'].shape)}, expected [K, {backbone.out_dim}]"
                 )
             out = backbone_payload(backbone, source, fc)
-            result = {"kind": "backbone", "arch": backbone.arch, "levels": [],
-                      "small_stem": backbone.small_stem, "width": backbone.width,
-                      **({"block4_width": backbone.block4_width} if backbone.block4_width is not None else {})}
+            result = {"kind": "backbone", "levels": [], **backbone.facts()}
     save_atomic(out, dst)
     return {**result, "layout": layout, "path": str(dst), "sha256": sha256_of(dst), "size": dst.stat().st_size}

@@ -217,8 +217,7 @@ def export_detectron2(job: ExportJob) -> dict[str, Any]:
 
 def export_safetensors(job: ExportJob) -> dict[str, Any]:
     backbone, loaded = job.backbone, job.loaded
-    meta = {"arch": backbone.arch, "small_stem": str(backbone.small_stem), "width": str(backbone.width),
-            **({"block4_width": str(backbone.block4_width)} if backbone.block4_width is not None else {}),
+    meta = {**{key: str(value) for key, value in backbone.facts().items()},
             "source_sha256": job.source_sha, "source_format": loaded.source_format,
             "source_epoch": str(loaded.epoch)}
     write_safetensors(job.path, backbone, meta)

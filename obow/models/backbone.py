@@ -4,13 +4,14 @@ Parameter names are exactly torchvision's (`conv1`, `bn1`, `layer1..4`), so a ba
 loads into `torchvision.models.resnet{18,50}` with `strict=True` once `fc` is added. `block4_width` widens the
 last stage alone: on a small-stem network block4 runs at 1/64 of the pixels, so doubling its channels
 doubles the pooled features (what the linear probe and kNN see) for about a fifth more step time.
-Feature taps are
-named as in OBoW: `block1`..`block4` (stage outputs) and `pooled` (global average of block4, [N, C]).
+Feature taps are named as in OBoW: `block1`..`block4` (stage outputs) and `pooled` (global average of
+block4, [N, C]).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,10 +33,11 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"unknown arch '{arch}', expected one of {sorted(ARCHS)}")
         block, depths = ARCHS[arch]
         planes = [max(1, round(64 * width * 2**i)) for i in range(4)]
-        if block4_width is not None and max(1, round(512 * block4_width)) == planes[3]:
-            block4_width = None  # the same network as without it: one name for it
         if block4_width is not None:
-            planes[3] = max(1, round(512 * block4_width))
+            block4_planes = max(1, round(512 * block4_width))
+            if block4_planes == planes[3]:
+                block4_width = None  # the same network as without it: one name for it
+            planes[3] = block4_planes
         self.arch, self.small_stem, self.width, self.block4_width = arch, small_stem, width, block4_width
         self.inplanes = planes[0]
         if small_stem:
@@ -56,6 +58,12 @@ class ResNetBackbone(nn.Module):
         self.channels["pooled"] = self.channels["block4"]
         self.out_dim = self.channels["block4"]
         self._init_weights()
+
+    def facts(self) -> dict[str, Any]:
+        """What a reader needs to rebuild this network: arch, stem and widths. `block4_width` only when
+        block4 is widened apart, so the files and records of every other backbone read as before."""
+        facts: dict[str, Any] = {"arch": self.arch, "small_stem": self.small_stem, "width": self.width}
+        return facts if self.block4_width is None else {**facts, "block4_width": self.block4_width}
 
     def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

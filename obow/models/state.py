@@ -73,13 +73,12 @@ def infer_backbone(state: dict[str, torch.Tensor]) -> tuple[str, bool, float]:
 
 
 def infer_block4_width(state: dict[str, torch.Tensor]) -> float | None:
-    """block4's own channel multiplier when it differs from the other stages' (None otherwise), from the
-    output channels of its first conv (`planes`, before a bottleneck's expansion) against conv1's."""
+    """block4's channel multiplier, from the output channels of its first conv (`planes`, before a
+    bottleneck's expansion). The backbone itself names a value equal to the other stages' width None."""
     first = state.get("layer4.0.conv1.weight")
     if first is None or first.dim() != 4:
         return None  # a wrong layout: the strict load that follows names the missing or misshapen keys
-    block4_width = first.shape[0] / 512
-    return None if first.shape[0] == round(state["conv1.weight"].shape[0] * 8) else block4_width
+    return first.shape[0] / 512
 
 
 def backbone_from_state(state: dict[str, torch.Tensor], what: str) -> ResNetBackbone:
@@ -110,10 +109,7 @@ def backbone_payload(
     payload: dict[str, Any] = {
         "format": BACKBONE_FORMAT,
         "format_version": 1,
-        "arch": backbone.arch,
-        "small_stem": backbone.small_stem,
-        "width": backbone.width,
-        **({"block4_width": backbone.block4_width} if backbone.block4_width is not None else {}),
+        **backbone.facts(),
         "state_dict": backbone.state_dict(),
         "source": source,
     }
