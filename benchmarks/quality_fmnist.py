@@ -10,6 +10,7 @@ says how many steps the budget gave and the load average while it trained.
     python benchmarks/quality_fmnist.py --preset old.yaml --preset FashionMNIST/ResNet18s_OBoW_full_cpu
     python benchmarks/quality_fmnist.py --preset FashionMNIST/tiny --budget 0   # no budget: its epochs
     python benchmarks/quality_fmnist.py --budget 120 --train-size 10000   # a quick look
+    python benchmarks/quality_fmnist.py --no-raw --no-init --set runtime.seed=1   # one more seed, no references
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep the runs under this folder (default: a temp folder)")
     parser.add_argument("--no-raw", action="store_true",
                         help="skip the raw-pixel reference (the same for every preset)")
+    parser.add_argument("--no-init", action="store_true",
+                        help="skip the network at initialisation (the same for every run of a preset, seed and "
+                        "teacher view; the README lists it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, one per core; on a loaded machine 1 is steadier)")
     args = parser.parse_args()
@@ -123,8 +127,9 @@ def main() -> None:
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="obow_quality_"))
     for index, preset in enumerate(presets):
         spec = spec_for(preset, args.budget, args.overrides)
-        lin0, knn0 = evaluate(initial_student(spec), spec, args.train_size)
-        rows.append((f"{preset}, at initialisation", "0", "0", "-", "-", f"{lin0:.2f}", f"{knn0:.2f}"))
+        if not args.no_init:
+            lin0, knn0 = evaluate(initial_student(spec), spec, args.train_size)
+            rows.append((f"{preset}, at initialisation", "0", "0", "-", "-", f"{lin0:.2f}", f"{knn0:.2f}"))
         out = root / f"{index}_{Path(preset).stem}"
         load_before = os.getloadavg()[0]
         start = time.monotonic()
