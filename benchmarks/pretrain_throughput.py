@@ -55,7 +55,8 @@ CONFIGS: dict[str, tuple[str, list[str], int]] = {
     # the Fashion-MNIST CPU preset as shipped (1/8-width small-stem ResNet18 with a 1/4-width block4, a 40 px
     # teacher and 2x32 px crops, K=1024); the README's older fmnist-cpu rows had 5x16 px patches too
     "fmnist-cpu": ("FashionMNIST/ResNet18s_OBoW_full_cpu", [], 20),
-    # the stock-ResNet18 CPU preset (7x7 stem, width 1, 80 px teacher, 2x64 px crops, K=512, batch 32)
+    # the stock-ResNet18 CPU preset (7x7 stem, width 1, 80 px teacher, 2x64 px crops, K=2048, batch 32;
+    # the README's fmnist-r18 rows say which K they had)
     "fmnist-r18": ("FashionMNIST/resnet18", [], 10),
     "r18-gpu": ("ImageNet20/ResNet18_OBoW_full", ["data.batch_size=128"], 10),
     "r50": ("ImageNetFull/ResNet50_OBoW_full", ["data.batch_size=64"], 10),
