@@ -22,6 +22,36 @@ ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 TAPS = ("block1", "block2", "block3", "block4", "pooled")
+# below this many input channels oneDNN's channels-last weight gradient of a 1x1 stride-2 conv is unsafe on the CPU
+NARROW_PROJECTION = 16
+
+
+class ShortcutProjection(nn.Conv2d):
+    """The 1x1 (strided) convolution of a residual stage's shortcut; a plain `Conv2d` everywhere but one case.
+
+    On the CPU, the channels-last weight gradient of a 1x1 stride-2 convolution with 2 to 15 input channels
+    (torch 2.14.1, oneDNN on AVX-512, float32 and bfloat16) kills the process with a segfault, corrupts the
+    heap or returns a gradient 30% off, depending on the map size (16 channels and more, 3x3 and stride-1
+    convolutions are exact). An eighth-width ResNet18 has 8 such channels into block2, so with
+    `runtime.channels_last` this one convolution runs NCHW there, which costs next to nothing at that width.
+    The class keeps `Conv2d`'s parameters and names, so checkpoints and torchvision exports are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and self.stride != (1, 1)
+            and self.in_channels < NARROW_PROJECTION
+            and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous()
+        ):
+            # a channels-last model's 1x1 weight has channels-last strides too (both layouts at once), which
+            # would send the conv down the same path: both operands get plain NCHW strides
+            weight = self.weight.clone(memory_format=torch.contiguous_format)
+            nchw = self._conv_forward(x.contiguous(), weight, self.bias)
+            return nchw.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class ResNetBackbone(nn.Module):
@@ -69,7 +99,7 @@ class ResNetBackbone(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+                ShortcutProjection(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
         layers = [block(self.inplanes, planes, stride, downsample)]
