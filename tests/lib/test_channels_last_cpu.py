@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 CHILD = r"""
 import json, sys
 import torch
@@ -56,7 +58,9 @@ print("RESULT " + json.dumps(result))
 
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 2e-2)])
 def test_narrow_network_channels_last_on_cpu(precision: str, tol: float) -> None:
-    proc = subprocess.run([sys.executable, "-c", CHILD, precision], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, precision], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0, f"the child died (rc {proc.returncode}): {proc.stderr[-2000:]}"
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
