@@ -131,10 +131,13 @@ class ResNetBackbone(nn.Module):
         layout it was given; `runtime.channels_last` makes the whole network channels-last instead). The
         3x3 small stem is faster NCHW and is left alone, as is every GPU.
         """
-        if self.small_stem or x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
-            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x.contiguous(memory_format=torch.channels_last)))))
-        return x.contiguous()
+        relayout = not (
+            self.small_stem or x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last)
+        )
+        if relayout:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return x.contiguous() if relayout else x
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = ("pooled",)) -> dict[str, torch.Tensor]:
         """Run up to the deepest requested tap and return the requested features by name."""
