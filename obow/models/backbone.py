@@ -33,7 +33,8 @@ class ShortcutProjection(nn.Conv2d):
     (torch 2.14.1, oneDNN on AVX-512, float32 and bfloat16) kills the process with a segfault, corrupts the
     heap or returns a gradient 30% off, depending on the map size (16 channels and more, 3x3 and stride-1
     convolutions are exact); on an AVX2-only CPU the same happens in float32 with 2 to 7 channels (30-98%
-    off, or the call never returns). An eighth-width ResNet18 has 8 such channels into block2, so with
+    off, or the call never returns); on an Intel Xeon with AMX it segfaults in float32 with 7 to 15 channels
+    (bfloat16 exact there). An eighth-width ResNet18 has 8 such channels into block2, so with
     `runtime.channels_last` this one convolution runs NCHW there, which costs next to nothing at that width.
     The class keeps `Conv2d`'s parameters and names, so checkpoints and torchvision exports are unchanged.
     """

@@ -2,8 +2,9 @@
 
 oneDNN's channels-last weight gradient of a 1x1 stride-2 convolution with few input channels is broken on
 the CPU (torch 2.14.1): with 2 to 15 on an AVX-512 CPU it segfaults, corrupts the heap or is 30% off; with
-2 to 7 on an AVX2-only CPU it is 30-98% off or never returns. An eighth-width ResNet18 (the Fashion-MNIST
-presets) has 8 such channels into block2, so the backbone runs that one convolution NCHW below 16 channels.
+2 to 7 on an AVX2-only CPU it is 30-98% off or never returns; with 7 to 15 on an Intel Xeon with AMX it
+segfaults in float32. An eighth-width ResNet18 (the Fashion-MNIST presets) has 8 such channels into block2, so
+the backbone runs that one convolution NCHW below 16 channels.
 The checks run in a child process: without the guard the child dies of a segfault or an abort, or hangs
 until the timeout, which fails the test instead of taking the pytest worker with it.
 """
@@ -29,7 +30,8 @@ precision = sys.argv[1]
 result = {}
 
 # projections alone, both gradients against float64 NCHW: 8 -> 16 channels on 64x64 maps (dies or is wrong on
-# an AVX-512 CPU without the guard) and 3 -> 6 on 32x32 (70% off or hangs on an AVX2-only CPU, where 8 is exact)
+# an AVX-512 CPU without the guard, segfaults in fp32 on an AMX one) and 3 -> 6 on 32x32 (70% off or hangs on
+# an AVX2-only CPU, where 8 is exact)
 result["weight_grad"] = result["input_grad"] = 0.0
 result["output_channels_last"] = True
 rel = lambda a, b: ((a.double() - b).abs().max() / b.abs().max()).item()
