@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -54,6 +55,66 @@ class ShortcutProjection(nn.Conv2d):
             nchw = self._conv_forward(x.contiguous(), weight, self.bias)
             return nchw.contiguous(memory_format=torch.channels_last)
         return super().forward(x)
+
+
+class BlockConv3x3(nn.Conv2d):
+    """A residual block's 3x3 convolution (padding 1); a matrix product where its output map is one pixel.
+
+    That output pixel sees the input only through the kernel's lower-right 1x1 or 2x2 taps (the rest of the
+    window is padding), so the convolution is `x @ w[:, :, 1:1+H, 1:1+W]`: the same sums in another order.
+    On the CPU, oneDNN's kernels are slow on such maps (block4 of a 32 px crop, whose 3x3 maps are 1x1):
+    forward and backward of a 40x512x1x1 map with ResNet18's 512->512 weights take 9.0 ms in float32 and
+    10.0 ms in bfloat16 there against 4.0 and 1.4 ms as a product, and 2x2 -> 1x1 at stride 2 7.8 ms
+    against 2.6 (Intel Xeon with AMX, 2 threads). Larger maps stay convolutions: built as products from
+    gathered taps, 2x2 -> 2x2 took 5-7 times as long as the convolution. GPUs keep the convolution.
+    Parameters and names are `Conv2d`'s, so checkpoints and torchvision exports are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4 or not self._one_pixel_out(x.shape[-2], x.shape[-1]):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        taps = self.weight[:, :, 1 : 1 + h, 1 : 1 + w]
+        if h * w > 1 and not x.is_contiguous():  # channels-last: flatten as (y, x, c) without a copy
+            flat_x, flat_w = x.permute(0, 2, 3, 1).reshape(n, h * w * c), taps.permute(0, 2, 3, 1)
+        else:
+            flat_x, flat_w = x.reshape(n, c * h * w), taps
+        out = nn.functional.linear(flat_x, flat_w.reshape(self.out_channels, -1), self.bias)
+        return out.view(n, self.out_channels, 1, 1)
+
+    def _one_pixel_out(self, h: int, w: int) -> bool:
+        return (
+            self.kernel_size == (3, 3)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and 1 <= h <= min(2, self.stride[0])
+            and 1 <= w <= min(2, self.stride[1])
+        )
+
+
+def _with_block_convs(block: nn.Module) -> nn.Module:
+    """Make a torchvision block's 3x3 convolutions `BlockConv3x3`s holding the same parameters.
+
+    `skip_init` builds each one without drawing from the random generator, so a seed gives the same
+    initial weights as with torchvision's plain blocks.
+    """
+    for name, conv in list(block.named_children()):
+        if type(conv) is nn.Conv2d and conv.kernel_size == (3, 3):
+            swapped = skip_init(
+                BlockConv3x3,
+                conv.in_channels,
+                conv.out_channels,
+                3,
+                stride=conv.stride,
+                padding=conv.padding,
+                dilation=conv.dilation,
+                groups=conv.groups,
+                bias=conv.bias is not None,
+            )
+            swapped.weight, swapped.bias = conv.weight, conv.bias
+            setattr(block, name, swapped)
+    return block
 
 
 class ResNetBackbone(nn.Module):
@@ -104,9 +165,9 @@ class ResNetBackbone(nn.Module):
                 ShortcutProjection(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        layers = [_with_block_convs(block(self.inplanes, planes, stride, downsample))]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [_with_block_convs(block(self.inplanes, planes)) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def _init_weights(self) -> None:
