@@ -60,8 +60,9 @@ class ShortcutProjection(nn.Conv2d):
 class BlockConv3x3(nn.Conv2d):
     """A residual block's 3x3 convolution (padding 1); a matrix product where its output map is one pixel.
 
-    That output pixel sees the input only through the kernel's lower-right 1x1 or 2x2 taps (the rest of the
-    window is padding), so the convolution is `x @ w[:, :, 1:1+H, 1:1+W]`: the same sums in another order.
+    That output pixel sees a 1x1 input through the kernel's centre tap alone and a 2x2 one through the
+    centre and the taps right of and below it (the rest of the window is padding), so the convolution is
+    `x @ w[:, :, 1:1+H, 1:1+W]`: the same sums in another order.
     On the CPU, oneDNN's kernels are slow on such maps (block4 of a 32 px crop, whose 3x3 maps are 1x1):
     forward and backward of a 40x512x1x1 map with ResNet18's 512->512 weights take 9.0 ms in float32 and
     10.0 ms in bfloat16 there against 4.0 and 1.4 ms as a product, and 2x2 -> 1x1 at stride 2 7.8 ms
