@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models as torchvision_models
-from torchvision.models import resnet18
 
 from obow.models import backbone
 from obow.models.backbone import BlockConv3x3, ResNetBackbone
@@ -69,12 +68,14 @@ def test_product_matches_the_convolution(h: int, w: int, stride: int, channels_l
 
 
 def test_larger_outputs_stay_convolutions() -> None:
-    conv = BlockConv3x3(4, 4, kernel_size=3, stride=1, padding=1, bias=False)
-    assert not conv._one_pixel_out(2, 2)  # 2x2 -> 2x2 at stride 1
-    assert BlockConv3x3(4, 4, kernel_size=3, stride=2, padding=1, bias=False)._one_pixel_out(2, 2)
-    assert not BlockConv3x3(4, 4, kernel_size=3, stride=2, padding=1, bias=False)._one_pixel_out(3, 3)
-    assert not BlockConv3x3(4, 4, kernel_size=3, stride=3, padding=1, bias=False)._one_pixel_out(3, 3)
-    assert not BlockConv3x3(4, 4, kernel_size=3, stride=2, padding=0, bias=False)._one_pixel_out(2, 2)
+    def conv(stride: int, padding: int = 1) -> BlockConv3x3:
+        return BlockConv3x3(4, 4, kernel_size=3, stride=stride, padding=padding, bias=False)
+
+    assert not conv(1)._one_pixel_out(2, 2)  # 2x2 -> 2x2 at stride 1
+    assert conv(2)._one_pixel_out(2, 2)
+    assert not conv(2)._one_pixel_out(3, 3)  # 3x3 -> 2x2
+    assert not conv(3)._one_pixel_out(3, 3)  # one pixel out, but the window misses the third row
+    assert not conv(2, padding=0)._one_pixel_out(2, 2)
 
 
 @pytest.mark.usefixtures("no_conv_on_one_pixel_outputs")
@@ -84,7 +85,7 @@ def test_resnet18_on_32px_matches_torchvision(channels_last: bool) -> None:
     gradient and the BatchNorm statistics equal torchvision's ResNet18 with the same state dict."""
     torch.manual_seed(0)
     net = ResNetBackbone("resnet18").double().train()
-    ref = resnet18(weights=None).double().train()
+    ref = torchvision_models.resnet18(weights=None).double().train()
     missing, unexpected = ref.load_state_dict(net.state_dict(), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
